@@ -1,0 +1,24 @@
+// binding.cpp — argument helpers shared by the l_*.cpp binding files.
+#include "binding.hpp"
+
+#include <cmath>
+#include <string>
+
+namespace luamp {
+
+void arg_type_error(lua_State* L, const char* func, int n, const char* what, const char* want) {
+  std::string msg = std::string(func) + ": argument #" + std::to_string(n) + " (" + what +
+                    ") expected " + want + ", got " + luaL_typename(L, n);
+  raise_error(L, ErrType::TypeError, msg);
+}
+
+double opt_timeout(lua_State* L, int idx, const char* func) {
+  if (lua_isnoneornil(L, idx)) return -1;
+  if (lua_type(L, idx) != LUA_TNUMBER) arg_type_error(L, func, idx, "timeout", "number or nil");
+  double t = lua_tonumber(L, idx);
+  if (std::isnan(t) || t < 0)
+    raise_error(L, ErrType::ValueError, std::string(func) + ": timeout must be a non-negative number");
+  return t;
+}
+
+}  // namespace luamp

@@ -1,0 +1,42 @@
+// binding.hpp — the trampoline every luamp lua_CFunction goes through, and
+// small argument helpers shared by the binding files (host/l_*.cpp).
+//
+// Why: LuaJIT on x64 unwinds with the C++ ABI, so a std::exception escaping
+// a C function would reach `pcall` as an opaque "C++ exception". wrap<F>
+// turns luamp::Error (and any std::exception) into a luamp error table.
+// It must not catch (...): that would swallow LuaJIT's own error unwinding.
+#pragma once
+#include <lua.hpp>
+
+#include <string>
+
+#include "../runtime/errors.hpp"
+
+namespace luamp {
+
+template <lua_CFunction F>
+int wrap(lua_State* L) {
+  ErrType type;
+  std::string message;
+  try {
+    return F(L);
+  } catch (const Error& e) {
+    type = e.type();
+    message = e.what();
+  } catch (const std::bad_alloc&) {
+    type = ErrType::Error;
+    message = "not enough memory";
+  } catch (const std::exception& e) {
+    type = ErrType::OSError;
+    message = e.what();
+  }
+  raise_error(L, type, message);
+}
+
+// TypeError "<func>: argument #<n> (<what>) expected <want>, got <type>".
+[[noreturn]] void arg_type_error(lua_State* L, const char* func, int n, const char* what,
+                                 const char* want);
+// Timeout argument: nil -> -1 (no limit); a negative number is a ValueError.
+double opt_timeout(lua_State* L, int idx, const char* func);
+
+}  // namespace luamp

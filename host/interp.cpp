@@ -1,0 +1,126 @@
+// interp.cpp — interpreter construction and the process exit procedure.
+#include "interp.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "../runtime/errors.hpp"
+#include "registrars.hpp"
+
+namespace luamp {
+
+namespace {
+
+bool g_is_child = false;
+
+int load_embedded(lua_State* L) {
+  auto* mod = static_cast<const EmbeddedModule*>(lua_touserdata(L, lua_upvalueindex(1)));
+  if (luaL_loadbufferx(L, reinterpret_cast<const char*>(mod->code), mod->size, mod->name, "b") != 0)
+    return lua_error(L);
+  lua_pushstring(L, mod->name);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+// [-0, +0] package.preload[name] = loader, for every embedded module.
+void preload_stdlib(lua_State* L) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "preload");
+  for (const EmbeddedModule* m = kStdlib; m->name; ++m) {
+    lua_pushlightuserdata(L, const_cast<EmbeddedModule*>(m));
+    lua_pushcclosure(L, load_embedded, 1);
+    lua_setfield(L, -2, m->name);
+  }
+  lua_pushcfunction(L, luaopen_luamp_core);
+  lua_setfield(L, -2, "luamp.core");
+  lua_pop(L, 2);
+}
+
+// [-0, +0] registry[kStdEnvKey] = shallow copy of _G as it is now.
+void snapshot_stdenv(lua_State* L) {
+  lua_newtable(L);
+  lua_pushnil(L);
+  while (lua_next(L, LUA_GLOBALSINDEX) != 0) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+  lua_setfield(L, LUA_REGISTRYINDEX, kStdEnvKey);
+}
+
+// os.exit([code [, close]]): true/false as 0/1; runs the exit procedure.
+int l_os_exit(lua_State* L) {
+  int code = EXIT_SUCCESS;
+  if (lua_isboolean(L, 1)) code = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
+  else code = static_cast<int>(luaL_optinteger(L, 1, EXIT_SUCCESS));
+  run_exit_hooks(L);
+  exit_process(code);
+}
+
+int panic(lua_State* L) {
+  fprintf(stderr, "luamp: unprotected error: %s\n", lua_tostring(L, -1));
+  fflush(stderr);
+  _exit(EXIT_FAILURE);
+}
+
+}  // namespace
+
+lua_State* new_interpreter() {
+  lua_State* L = luaL_newstate();
+  if (!L) {
+    fputs("luamp: cannot create state: not enough memory\n", stderr);
+    abort();
+  }
+  lua_atpanic(L, panic);
+  luaL_openlibs(L);
+  preload_stdlib(L);
+  lua_getglobal(L, "os");
+  lua_pushcfunction(L, l_os_exit);
+  lua_setfield(L, -2, "exit");
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, kExitHooksKey);
+  snapshot_stdenv(L);
+  return L;
+}
+
+void run_exit_hooks(lua_State* L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, kExitHooksKey);
+  if (!lua_istable(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  // Detach the list first so a hook that calls os.exit cannot re-enter.
+  lua_pushnil(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, kExitHooksKey);
+  int n = static_cast<int>(lua_objlen(L, -1));
+  for (int i = n; i >= 1; --i) {  // last registered runs first, as atexit
+    lua_rawgeti(L, -1, i);
+    if (lua_pcall(L, 0, 0, 0) != 0) {
+      fprintf(stderr, "luamp: error at exit: %s\n", push_display(L, -1));
+      lua_pop(L, 2);
+    }
+  }
+  lua_pop(L, 1);
+}
+
+void exit_process(int code) {
+  fflush(nullptr);
+  if (g_is_child) _exit(code & 0xff);
+  exit(code & 0xff);
+}
+
+void set_is_child(bool child) { g_is_child = child; }
+bool is_child() { return g_is_child; }
+
+}  // namespace luamp
+
+extern "C" int luaopen_luamp_core(lua_State* L) {
+  lua_newtable(L);
+  luamp::register_core(L);
+  luamp::register_serial(L);
+  luamp::register_process(L);
+  return 1;
+}
