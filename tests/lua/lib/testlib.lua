@@ -61,12 +61,14 @@ function T.checkerr(etype, needle, fn, ...)
   return err
 end
 
--- Runs a shell command, returns its stdout and exit status.
+-- Runs a shell command, returns its stdout and exit status (LuaJIT's
+-- popen:close() gives no status, so the shell appends it).
 function T.run(cmd)
-  local f = assert(io.popen(cmd, "r"))
+  local f = assert(io.popen(cmd .. '; echo "@status=$?"', "r"))
   local out = f:read("*a")
-  local _, _, status = f:close()
-  return out, status
+  f:close()
+  local body, status = out:match("^(.-)@status=(%d+)%s*$")
+  return body, tonumber(status)
 end
 
 -- The luamp binary under test (set by CTest; falls back to arg[-1]).
