@@ -7,13 +7,12 @@
 #include <cstdlib>
 
 #include "../runtime/errors.hpp"
+#include "../runtime/process.hpp"
 #include "registrars.hpp"
 
 namespace luamp {
 
 namespace {
-
-bool g_is_child = false;
 
 int load_embedded(lua_State* L) {
   auto* mod = static_cast<const EmbeddedModule*>(lua_touserdata(L, lua_upvalueindex(1)));
@@ -108,12 +107,12 @@ void run_exit_hooks(lua_State* L) {
 
 void exit_process(int code) {
   fflush(nullptr);
-  if (g_is_child) _exit(code & 0xff);
+  if (proc::is_child()) {
+    proc::report_exit(code & 0xff);
+    _exit(code & 0xff);
+  }
   exit(code & 0xff);
 }
-
-void set_is_child(bool child) { g_is_child = child; }
-bool is_child() { return g_is_child; }
 
 }  // namespace luamp
 

@@ -35,10 +35,6 @@ void run_exit_hooks(lua_State* L);
 // in a child (so the parent's atexit work never runs twice).
 [[noreturn]] void exit_process(int code);
 
-// Set by the child-init protocol: this process is a luamp child.
-void set_is_child(bool child);
-bool is_child();
-
 }  // namespace luamp
 
 // Native module entry point (also usable by an embedding application).

@@ -1,6 +1,230 @@
+// l_process.cpp — luamp.core bindings for starting and waiting for
+// processes (all start methods), and the Popen handle a Process object holds.
+//
+// Uses: runtime/process, runtime/forkserver.  Fork-safe: a Popen copied into
+// a forked child refers to no child of its own there (the registry was
+// dropped), so its methods raise instead of touching a sibling.
+#include <poll.h>
+#include <signal.h>
+#include "../runtime/pidfd.hpp"
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+
+#include "../runtime/forkserver.hpp"
+#include "../runtime/process.hpp"
+#include "binding.hpp"
 #include "registrars.hpp"
-#include "entry.hpp"
+
 namespace luamp {
-void register_process(lua_State*) {}
-int internal_main(int, char**) { return 2; }
+
+namespace {
+
+const char* const kPopenMeta = "luamp.Popen";
+
+struct Popen {
+  pid_t pid;
+};
+
+// [-0, +1]
+void push_popen(lua_State* L, pid_t pid) {
+  auto* p = static_cast<Popen*>(lua_newuserdata(L, sizeof(Popen)));
+  p->pid = pid;
+  luaL_getmetatable(L, kPopenMeta);
+  lua_setmetatable(L, -2);
+}
+
+proc::Child& check_child(lua_State* L) {
+  auto* p = static_cast<Popen*>(luaL_checkudata(L, 1, kPopenMeta));
+  proc::Child* c = proc::find_child(p->pid);
+  if (!c) raise_error(L, ErrType::ProcessError, "can only use a child process of the current process");
+  return *c;
+}
+
+void push_code(lua_State* L, std::optional<int> code) {
+  if (code) lua_pushinteger(L, *code);
+  else lua_pushnil(L);
+}
+
+// -- Popen -------------------------------------------------------------------
+
+// popen:poll() -> exitcode or nil while running
+int l_popen_poll(lua_State* L) {
+  push_code(L, proc::poll(check_child(L)));
+  return 1;
+}
+
+// popen:wait([timeout]) -> exitcode or nil on timeout
+int l_popen_wait(lua_State* L) {
+  proc::Child& c = check_child(L);
+  push_code(L, proc::wait(c, opt_timeout(L, 2, "join")));
+  return 1;
+}
+
+// popen:signal(signum)
+int l_popen_signal(lua_State* L) {
+  proc::send_signal(check_child(L), static_cast<int>(luaL_checkinteger(L, 2)));
+  return 0;
+}
+
+// popen:sentinel() -> fd readable once the process has ended
+int l_popen_sentinel(lua_State* L) {
+  lua_pushinteger(L, check_child(L).pidfd);
+  return 1;
+}
+
+// popen:close(): releases the sentinel of an ended process
+int l_popen_close(lua_State* L) {
+  auto* p = static_cast<Popen*>(luaL_checkudata(L, 1, kPopenMeta));
+  proc::release_child(p->pid);
+  return 0;
+}
+
+const luaL_Reg kPopenMethods[] = {
+    {"poll", wrap<l_popen_poll>},
+    {"wait", wrap<l_popen_wait>},
+    {"signal", wrap<l_popen_signal>},
+    {"sentinel", wrap<l_popen_sentinel>},
+    {"close", wrap<l_popen_close>},
+    {nullptr, nullptr},
+};
+
+// -- Starting ----------------------------------------------------------------
+
+// [-0, +2] popen, pid
+int push_started(lua_State* L, pid_t pid) {
+  push_popen(L, pid);
+  lua_pushinteger(L, pid);
+  return 2;
+}
+
+// core.start_fork() -> 0 in the child; popen, pid in the parent
+int l_core_start_fork(lua_State* L) {
+  pid_t pid = proc::fork_child(proc::Method::fork);
+  if (pid != 0) return push_started(L, pid);
+  lua_pushinteger(L, 0);
+  return 1;
+}
+
+// core.start_spawn(payload) -> popen, pid
+int l_core_start_spawn(lua_State* L) {
+  size_t len;
+  const char* payload = luaL_checklstring(L, 1, &len);
+  return push_started(L, proc::spawn_child(std::string_view(payload, len)));
+}
+
+// core.forkserver_start(config): starts this process's forkserver if needed
+int l_core_forkserver_start(lua_State* L) {
+  size_t len;
+  const char* config = luaL_checklstring(L, 1, &len);
+  forkserver::ensure_started(std::string_view(config, len));
+  return 0;
+}
+
+int l_core_forkserver_running(lua_State* L) {
+  lua_pushboolean(L, forkserver::running());
+  return 1;
+}
+
+int l_core_forkserver_stop(lua_State*) {
+  forkserver::stop();
+  return 0;
+}
+
+// core.start_forkserver(payload) -> popen, pid
+int l_core_start_forkserver(lua_State* L) {
+  size_t len;
+  const char* payload = luaL_checklstring(L, 1, &len);
+  return push_started(L, forkserver::dispatch(std::string_view(payload, len)));
+}
+
+// core.set_executable(path)
+int l_core_set_executable(lua_State* L) {
+  proc::set_executable(luaL_checkstring(L, 1));
+  return 0;
+}
+
+// -- Raw processes -----------------------------------------------------------
+
+// core.fork() -> 0 in the child, the child's pid in the parent
+int l_core_fork(lua_State* L) {
+  lua_pushinteger(L, proc::fork_child(proc::Method::raw));
+  return 1;
+}
+
+// core.waitpid(pid) -> exitcode
+int l_core_waitpid(lua_State* L) {
+  lua_pushinteger(L, proc::waitpid_exitcode(static_cast<pid_t>(luaL_checkinteger(L, 1))));
+  return 1;
+}
+
+int l_core_reap_raw_children(lua_State*) {
+  proc::reap_raw_children();
+  return 0;
+}
+
+// core.pidfd_open(pid) -> fd or nil (the process is gone)
+int l_core_pidfd_open(lua_State* L) {
+  int fd = pidfd_open(static_cast<pid_t>(luaL_checkinteger(L, 1)), 0);
+  if (fd < 0) lua_pushnil(L);
+  else lua_pushinteger(L, fd);
+  return 1;
+}
+
+// core.wait_readable(fd [, timeout]) -> boolean
+int l_core_wait_readable(lua_State* L) {
+  int fd = static_cast<int>(luaL_checkinteger(L, 1));
+  double timeout = opt_timeout(L, 2, "wait");
+  pollfd p{fd, POLLIN, 0};
+  int ms = timeout < 0 ? -1 : static_cast<int>(timeout * 1000.0 + 0.999);
+  int r;
+  do r = ::poll(&p, 1, ms);
+  while (r < 0 && errno == EINTR);
+  lua_pushboolean(L, r > 0);
+  return 1;
+}
+
+// core.urandom(n) -> n random bytes
+int l_core_urandom(lua_State* L) {
+  size_t n = static_cast<size_t>(luaL_checkinteger(L, 1));
+  std::string buf(n, '\0');
+  for (size_t off = 0; off < n;) {
+    ssize_t r = getrandom(buf.data() + off, n - off, 0);
+    if (r < 0 && errno != EINTR) fail_errno("getrandom", errno);
+    if (r > 0) off += static_cast<size_t>(r);
+  }
+  lua_pushlstring(L, buf.data(), n);
+  return 1;
+}
+
+const luaL_Reg kFuncs[] = {
+    {"start_fork", wrap<l_core_start_fork>},
+    {"start_spawn", wrap<l_core_start_spawn>},
+    {"start_forkserver", wrap<l_core_start_forkserver>},
+    {"forkserver_start", wrap<l_core_forkserver_start>},
+    {"forkserver_running", l_core_forkserver_running},
+    {"forkserver_stop", wrap<l_core_forkserver_stop>},
+    {"set_executable", wrap<l_core_set_executable>},
+    {"fork", wrap<l_core_fork>},
+    {"waitpid", wrap<l_core_waitpid>},
+    {"reap_raw_children", wrap<l_core_reap_raw_children>},
+    {"pidfd_open", l_core_pidfd_open},
+    {"wait_readable", wrap<l_core_wait_readable>},
+    {"urandom", wrap<l_core_urandom>},
+    {nullptr, nullptr},
+};
+
+}  // namespace
+
+void register_process(lua_State* L) {
+  luaL_newmetatable(L, kPopenMeta);
+  lua_newtable(L);
+  luaL_register(L, nullptr, kPopenMethods);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
+  luaL_register(L, nullptr, kFuncs);
+}
+
 }  // namespace luamp

@@ -67,7 +67,7 @@ void set_arg_table(lua_State* L, char** argv, int argc, int script_index) {
 bool run_script(lua_State* L, const char* path, int argc, char** argv, int script_index) {
   const char* fname = strcmp(path, "-") == 0 ? nullptr : path;
   if (luaL_loadfile(L, fname) != 0) return dochunk(L, 1);
-  int nargs = argc - script_index - 1;
+  int nargs = argc > script_index ? argc - script_index - 1 : 0;
   luaL_checkstack(L, nargs + 3, "too many arguments to script");
   for (int i = script_index + 1; i < argc; ++i) lua_pushstring(L, argv[i]);
   return docall(L, nargs, 0);
@@ -77,7 +77,8 @@ bool incomplete(lua_State* L, int status) {
   if (status != LUA_ERRSYNTAX) return false;
   size_t len;
   const char* msg = lua_tolstring(L, -1, &len);
-  return len >= 5 && strcmp(msg + len - 5, "<eof>") == 0;
+  static const char kEof[] = "near '<eof>'";  // LuaJIT quotes the token
+  return len >= sizeof kEof - 1 && strcmp(msg + len - (sizeof kEof - 1), kEof) == 0;
 }
 
 // The interactive prompt: an expression is printed, as in lua.c.
@@ -134,7 +135,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> chunks;
   bool interactive = false;
   app.add_option("-e", chunks, "execute string CODE")->type_name("CODE")->expected(1)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+      ->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_flag("-i", interactive, "enter interactive mode after running the script");
   app.set_version_flag("-v,--version", "luamp " LUAMP_VERSION " (" LUAJIT_VERSION ")");
   app.prefix_command();

@@ -1,0 +1,86 @@
+// entry.cpp — `luamp --luamp-spawn PPID` and `luamp --luamp-forkserver PPID`:
+// the C++ side of a child that does not start as a fork of its parent. The
+// payload (or the configuration) arrives on fd 3; the Lua side of the
+// protocol is stdlib/multiprocessing/bootstrap.lua.
+#include "entry.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "../runtime/errors.hpp"
+#include "../runtime/forkserver.hpp"
+#include "../runtime/process.hpp"
+#include "interp.hpp"
+
+namespace luamp {
+
+namespace {
+
+constexpr int kPayloadFd = 3;
+
+std::string read_fd(int fd) {
+  std::string out;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  return out;
+}
+
+// [-0, +0] Calls bootstrap.<fn>(bytes) and returns its integer result;
+// an error is printed and ends the process with status 1.
+int call_bootstrap(lua_State* L, const char* fn, const std::string& bytes) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "multiprocessing.bootstrap");
+  if (lua_pcall(L, 1, 1, 0) == 0) {
+    lua_getfield(L, -1, fn);
+    lua_pushlstring(L, bytes.data(), bytes.size());
+    if (lua_pcall(L, 1, 1, 0) == 0) {
+      int r = static_cast<int>(lua_tointeger(L, -1));
+      lua_pop(L, 2);
+      return r;
+    }
+  }
+  fprintf(stderr, "luamp: %s failed: %s\n", fn, push_display(L, -1));
+  exit_process(EXIT_FAILURE);
+}
+
+int spawned_child_main(pid_t parent) {
+  proc::init_child(parent);
+  lua_State* L = new_interpreter();
+  std::string payload = read_fd(kPayloadFd);
+  close(kPayloadFd);
+  return call_bootstrap(L, "run_payload", payload);
+}
+
+int forkserver_main(pid_t parent) {
+  proc::init_child(parent);
+  lua_State* L = new_interpreter();
+  int idle_target = call_bootstrap(L, "forkserver_init", forkserver::read_config(kPayloadFd));
+  std::string payload = forkserver::serve(kPayloadFd, idle_target > 0 ? idle_target : 2);
+  return call_bootstrap(L, "run_payload", payload);
+}
+
+}  // namespace
+
+int internal_main(int argc, char** argv) {
+  pid_t parent = argc >= 3 ? static_cast<pid_t>(atoi(argv[2])) : 0;
+  try {
+    if (strcmp(argv[1], "--luamp-spawn") == 0) return spawned_child_main(parent);
+    if (strcmp(argv[1], "--luamp-forkserver") == 0) return forkserver_main(parent);
+  } catch (const std::exception& e) {
+    fprintf(stderr, "luamp: %s: %s\n", argv[1], e.what());
+    return EXIT_FAILURE;
+  }
+  fprintf(stderr, "luamp: unknown internal option %s\n", argv[1]);
+  return 2;
+}
+
+}  // namespace luamp

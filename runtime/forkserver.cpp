@@ -1,0 +1,369 @@
+// forkserver.cpp — client and server of start method "forkserver".
+// See forkserver.hpp for the protocol.
+#include "forkserver.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include "pidfd.hpp"
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "errors.hpp"
+#include "process.hpp"
+
+namespace luamp::forkserver {
+
+namespace {
+
+enum MsgType : uint32_t { kIdle = 1, kStatus = 2, kTake = 3 };
+
+struct Msg {
+  uint32_t type;
+  int32_t pid;
+  int32_t status;
+};
+
+// -- Socket helpers ----------------------------------------------------------
+
+// Sends a Msg with up to two fds attached. Returns false on EAGAIN/EPIPE.
+bool send_msg(int sock, const Msg& m, const int* fds, int nfds, int flags) {
+  iovec iov{const_cast<Msg*>(&m), sizeof m};
+  msghdr h{};
+  h.msg_iov = &iov;
+  h.msg_iovlen = 1;
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(2 * sizeof(int))];
+  if (nfds > 0) {
+    h.msg_control = cbuf;
+    h.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+    cmsghdr* c = CMSG_FIRSTHDR(&h);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+  }
+  for (;;) {
+    if (sendmsg(sock, &h, flags | MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof m)) return true;
+    if (errno != EINTR) return false;
+  }
+}
+
+// Receives one Msg (and up to two fds). Returns 0 on EOF, -1 on EAGAIN.
+int recv_msg(int sock, Msg* m, int fds[2], int flags) {
+  iovec iov{m, sizeof *m};
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(2 * sizeof(int))];
+  msghdr h{};
+  h.msg_iov = &iov;
+  h.msg_iovlen = 1;
+  h.msg_control = cbuf;
+  h.msg_controllen = sizeof cbuf;
+  fds[0] = fds[1] = -1;
+  for (;;) {
+    ssize_t n = recvmsg(sock, &h, flags | MSG_CMSG_CLOEXEC);
+    if (n == 0) return 0;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) return -1;
+      return 0;  // ECONNRESET and the like: the peer is gone
+    }
+    for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c)) {
+      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        memcpy(fds, CMSG_DATA(c), (k > 2 ? 2 : k) * sizeof(int));
+      }
+    }
+    return n == sizeof *m ? 1 : 0;
+  }
+}
+
+bool write_all(int fd, const void* data, size_t len) {
+  auto* p = static_cast<const char*>(data);
+  while (len > 0) {
+    ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+bool read_all(int fd, void* data, size_t len) {
+  auto* p = static_cast<char*>(data);
+  while (len > 0) {
+    ssize_t n = read(fd, p, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    p += n;
+    len -= static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// -- Client state ------------------------------------------------------------
+
+struct Idle {
+  pid_t pid;
+  int chan;
+  int pidfd;
+};
+
+struct Client {
+  pid_t server = -1;
+  int ctrl = -1;
+  std::deque<Idle> idle;
+  std::unordered_map<pid_t, int> statuses;  // reaped by the server, not yet asked for
+};
+
+Client g_client;
+
+void close_idle(Idle& i) {
+  close(i.chan);
+  close(i.pidfd);
+}
+
+enum class Rx { message, nothing, gone };
+
+// Handles one server message (blocking unless flags has MSG_DONTWAIT).
+Rx client_receive(int flags) {
+  Msg m;
+  int fds[2];
+  int r = recv_msg(g_client.ctrl, &m, fds, flags);
+  if (r < 0) return Rx::nothing;
+  if (r == 0) return Rx::gone;
+  if (m.type == kIdle && fds[0] >= 0 && fds[1] >= 0) {
+    g_client.idle.push_back({m.pid, fds[0], fds[1]});
+    return Rx::message;
+  }
+  if (fds[0] >= 0) close(fds[0]);
+  if (fds[1] >= 0) close(fds[1]);
+  if (m.type == kStatus) {
+    proc::Child* c = proc::find_child(m.pid);
+    if (c && !c->reaped) g_client.statuses[m.pid] = proc::exitcode_from_status(m.status);
+  }
+  return Rx::message;
+}
+
+void client_drain() {
+  while (running() && client_receive(MSG_DONTWAIT) == Rx::message) {
+  }
+}
+
+// -- Server ------------------------------------------------------------------
+
+struct Server {
+  int ctrl;
+  int sigfd;
+  sigset_t old_mask;
+  std::unordered_set<pid_t> idle;
+  std::deque<Msg> outbox;  // STATUS messages the client has not taken yet
+};
+
+// In a new idle child: wait for work. Returns the payload; exits on EOF.
+std::string idle_child_wait(int chan) {
+  uint64_t len;
+  if (!read_all(chan, &len, sizeof len)) _exit(0);
+  std::string payload(len, '\0');
+  if (!read_all(chan, payload.data(), len)) _exit(0);
+  proc::set_exit_report_fd(chan);
+  return payload;
+}
+
+// Forks one idle child and announces it. Returns 0 in the child, which has
+// then been handed `payload`.
+pid_t make_idle_child(Server& s, std::string* payload) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) fail_errno("socketpair", errno);
+  pid_t server = getpid();
+  pid_t pid = fork();
+  if (pid < 0) {
+    close(sv[0]);
+    close(sv[1]);
+    fail_errno("fork", errno);
+  }
+  if (pid == 0) {
+    close(s.ctrl);
+    close(s.sigfd);
+    close(sv[0]);
+    sigprocmask(SIG_SETMASK, &s.old_mask, nullptr);
+    proc::init_child(server);
+    *payload = idle_child_wait(sv[1]);
+    return 0;
+  }
+  close(sv[1]);
+  int fds[2] = {sv[0], pidfd_open(pid, 0)};
+  Msg m{kIdle, pid, 0};
+  // The control socket is blocking here: IDLE messages are few and the
+  // client reads them whenever it starts a process.
+  send_msg(s.ctrl, m, fds, fds[1] >= 0 ? 2 : 1, 0);
+  close(fds[0]);
+  if (fds[1] >= 0) close(fds[1]);
+  s.idle.insert(pid);
+  return pid;
+}
+
+void reap_children(Server& s) {
+  signalfd_siginfo si;
+  while (read(s.sigfd, &si, sizeof si) == sizeof si) {
+  }
+  int status;
+  pid_t pid;
+  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+    s.idle.erase(pid);
+    s.outbox.push_back({kStatus, pid, status});
+  }
+}
+
+void flush_outbox(Server& s) {
+  while (!s.outbox.empty() && send_msg(s.ctrl, s.outbox.front(), nullptr, 0, MSG_DONTWAIT))
+    s.outbox.pop_front();
+}
+
+[[noreturn]] void shutdown(Server& s) {
+  for (pid_t pid : s.idle) kill(pid, SIGKILL);
+  for (pid_t pid : s.idle) waitpid(pid, nullptr, 0);
+  _exit(0);
+}
+
+// Handles one client message; shuts down on EOF.
+void serve_request(Server& s) {
+  Msg m;
+  int fds[2];
+  int r = recv_msg(s.ctrl, &m, fds, MSG_DONTWAIT);
+  if (r < 0) return;
+  if (r == 0) shutdown(s);
+  if (m.type == kTake) s.idle.erase(m.pid);
+}
+
+}  // namespace
+
+// -- Client ------------------------------------------------------------------
+
+bool running() { return g_client.ctrl >= 0; }
+
+void ensure_started(std::string_view config) {
+  if (running()) return;
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) fail_errno("socketpair", errno);
+  try {
+    g_client.server = proc::spawn_exe("forkserver", sv[1]);
+  } catch (...) {
+    close(sv[0]);
+    close(sv[1]);
+    throw;
+  }
+  close(sv[1]);
+  g_client.ctrl = sv[0];
+  if (send(sv[0], config.data(), config.size(), MSG_NOSIGNAL) < 0) {
+    int err = errno;
+    stop();
+    fail_errno("cannot configure the forkserver", err);
+  }
+}
+
+pid_t dispatch(std::string_view payload) {
+  if (!running()) fail(ErrType::ProcessError, "the forkserver is not running");
+  for (;;) {
+    client_drain();
+    while (g_client.idle.empty()) {
+      if (client_receive(0) == Rx::gone) {
+        stop();  // the next start launches a new one
+        fail(ErrType::ProcessError, "the forkserver has died");
+      }
+    }
+    Idle i = g_client.idle.front();
+    g_client.idle.pop_front();
+    uint64_t len = payload.size();
+    if (!write_all(i.chan, &len, sizeof len) || !write_all(i.chan, payload.data(), payload.size())) {
+      close_idle(i);  // died while idle (killed from outside): take the next
+      continue;
+    }
+    Msg take{kTake, i.pid, 0};
+    send_msg(g_client.ctrl, take, nullptr, 0, 0);
+    proc::add_child(i.pid, i.pidfd, proc::Method::forkserver, i.chan);
+    return i.pid;
+  }
+}
+
+int await_status(pid_t pid) {
+  for (;;) {
+    auto it = g_client.statuses.find(pid);
+    if (it != g_client.statuses.end()) {
+      int code = it->second;
+      g_client.statuses.erase(it);
+      return code;
+    }
+    // The server's death killed its children (PR_SET_PDEATHSIG).
+    if (!running() || client_receive(0) == Rx::gone) return -SIGKILL;
+  }
+}
+
+void stop() {
+  if (!running()) return;
+  for (Idle& i : g_client.idle) close_idle(i);
+  g_client.idle.clear();
+  close(g_client.ctrl);
+  g_client.ctrl = -1;
+  int status;
+  while (waitpid(g_client.server, &status, 0) < 0 && errno == EINTR) {
+  }
+  g_client.server = -1;
+  g_client.statuses.clear();
+}
+
+void forget_in_child() {
+  for (Idle& i : g_client.idle) close_idle(i);
+  if (g_client.ctrl >= 0) close(g_client.ctrl);
+  g_client = Client{};
+}
+
+// -- Server ------------------------------------------------------------------
+
+std::string read_config(int ctrl) {
+  std::string buf(1 << 16, '\0');
+  for (;;) {
+    ssize_t n = recv(ctrl, buf.data(), buf.size(), MSG_PEEK | MSG_TRUNC);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) _exit(0);  // the client went away before configuring us
+    buf.resize(static_cast<size_t>(n));
+    n = recv(ctrl, buf.data(), buf.size(), 0);
+    if (n >= 0) return buf;
+  }
+}
+
+std::string serve(int ctrl, int idle_target) {
+  Server s;
+  s.ctrl = ctrl;
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, &s.old_mask);
+  s.sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (s.sigfd < 0) fail_errno("signalfd", errno);
+  for (;;) {
+    while (static_cast<int>(s.idle.size()) < idle_target) {
+      std::string payload;
+      if (make_idle_child(s, &payload) == 0) return payload;
+    }
+    pollfd p[2] = {{s.ctrl, static_cast<short>(POLLIN | (s.outbox.empty() ? 0 : POLLOUT)), 0},
+                   {s.sigfd, POLLIN, 0}};
+    if (::poll(p, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      fail_errno("poll", errno);
+    }
+    if (p[1].revents) reap_children(s);
+    if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) serve_request(s);
+    flush_outbox(s);
+  }
+}
+
+}  // namespace luamp::forkserver

@@ -1,0 +1,53 @@
+// forkserver.hpp — start method "forkserver": a warm luamp image that keeps
+// a few already-forked idle children, so start() hands work to an existing
+// process instead of waiting for a fork.
+//
+// Provides: the client side (in any process that starts forkserver
+//           children) and serve() (the server loop, in the forkserver).
+// Uses:     proc (registry, spawn_exe), SOCK_SEQPACKET control socket with
+//           SCM_RIGHTS, signalfd for SIGCHLD in the server.
+// Fork-safe: forget_in_child() drops the client state in a new child, which
+//           starts its own forkserver if it needs one (so a grandchild dies
+//           with its logical parent).
+//
+// Protocol. Client -> server on the control socket: TAKE(pid) when an idle
+// child was handed work. Server -> client: IDLE(pid) with SCM_RIGHTS [work
+// channel, pidfd] for each new idle child; STATUS(pid, wait status) for every
+// child it reaps. The first client message is the configuration (bytes of
+// the serializer, read by the stdlib). On the work channel the client writes
+// a u64 length and the payload; the child writes its 4-byte exit code just
+// before it exits, so a normal join needs no hop through the server; after a
+// signal the code comes from STATUS.
+#pragma once
+#include <sys/types.h>
+
+#include <string>
+#include <string_view>
+
+namespace luamp::forkserver {
+
+// -- Client ------------------------------------------------------------------
+
+// Starts the server (once per process) with `config` as its first message.
+void ensure_started(std::string_view config);
+bool running();
+// Hands `payload` to an idle child; returns its pid, registered in proc as
+// Method::forkserver. Blocks only if no idle child is ready yet.
+pid_t dispatch(std::string_view payload);
+// The exit code of a forkserver child whose pidfd became readable and that
+// reported nothing itself (it died by a signal).
+int await_status(pid_t pid);
+// Stops the server and its idle children (exit procedure).
+void stop();
+void forget_in_child();
+
+// -- Server ------------------------------------------------------------------
+
+// Reads the configuration message (returned through `config`).
+std::string read_config(int ctrl);
+// Runs the server loop on `ctrl`. Returns only in an idle child that was
+// handed work: the payload it must run. The server itself exits when the
+// client closes the control socket.
+std::string serve(int ctrl, int idle_target);
+
+}  // namespace luamp::forkserver

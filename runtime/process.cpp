@@ -1,0 +1,291 @@
+// process.cpp — child registry, fork/spawn with the child-init protocol,
+// waiting and signals. See process.hpp for the contract.
+#include "process.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include "pidfd.hpp"
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <string>
+#include <unordered_map>
+
+#include "errors.hpp"
+#include "forkserver.hpp"
+
+extern char** environ;
+
+namespace luamp::proc {
+
+namespace {
+
+std::unordered_map<pid_t, Child> g_children;
+std::string g_executable = "/proc/self/exe";
+bool g_is_child = false;
+int g_exit_report_fd = -1;
+
+void close_fd(int& fd) {
+  if (fd >= 0) close(fd);
+  fd = -1;
+}
+
+double now_monotonic() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+void mark_reaped(Child& c, int exitcode) {
+  c.reaped = true;
+  c.exitcode = exitcode;
+}
+
+// Reaps a fork/spawn/raw child; `options` is 0 (block) or WNOHANG.
+bool reap_direct(Child& c, int options) {
+  int status;
+  for (;;) {
+    pid_t r = waitpid(c.pid, &status, options);
+    if (r == c.pid) {
+      mark_reaped(c, exitcode_from_status(status));
+      return true;
+    }
+    if (r == 0) return false;
+    if (errno == EINTR) continue;
+    // ECHILD: reaped behind our back (a SIGCHLD=SIG_IGN script); unknown code.
+    mark_reaped(c, 255);
+    return true;
+  }
+}
+
+// A forkserver child has ended: its own report, else the server's STATUS.
+void reap_forkserver_child(Child& c) {
+  int code;
+  ssize_t n;
+  do n = recv(c.chan, &code, sizeof code, MSG_DONTWAIT);
+  while (n < 0 && errno == EINTR);
+  mark_reaped(c, n == sizeof code ? code : forkserver::await_status(c.pid));
+  close_fd(c.chan);
+}
+
+void collect(Child& c) {
+  if (c.method == Method::forkserver) reap_forkserver_child(c);
+  else reap_direct(c, 0);
+}
+
+// Waits for the pidfd to become readable; false on timeout.
+bool wait_readable(int fd, double timeout) {
+  double deadline = timeout < 0 ? 0 : now_monotonic() + timeout;
+  for (;;) {
+    int ms = -1;
+    if (timeout >= 0) {
+      double left = deadline - now_monotonic();
+      ms = left <= 0 ? 0 : static_cast<int>(left * 1000.0 + 0.999);
+    }
+    pollfd p{fd, POLLIN, 0};
+    int r = ::poll(&p, 1, ms);
+    if (r > 0) return true;
+    if (r == 0) {
+      if (timeout >= 0 && now_monotonic() >= deadline) return false;
+      continue;
+    }
+    if (errno != EINTR) fail_errno("poll", errno);
+  }
+}
+
+void redirect_stdin_to_devnull() {
+  int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  dup2(fd, 0);
+  close(fd);
+}
+
+}  // namespace
+
+// -- Registry ----------------------------------------------------------------
+
+Child& add_child(pid_t pid, int pidfd, Method method, int chan) {
+  Child& c = g_children[pid];
+  c = Child{pid, pidfd, chan, method, false, 0};
+  return c;
+}
+
+Child* find_child(pid_t pid) {
+  auto it = g_children.find(pid);
+  return it == g_children.end() ? nullptr : &it->second;
+}
+
+void release_child(pid_t pid) {
+  Child* c = find_child(pid);
+  if (!c) return;
+  if (!c->reaped && c->method != Method::forkserver) reap_direct(*c, WNOHANG);
+  if (!c->reaped) return;  // still running: the exit procedure will join it
+  close_fd(c->pidfd);
+  close_fd(c->chan);
+  g_children.erase(pid);
+}
+
+// -- Starting ----------------------------------------------------------------
+
+void init_child(pid_t parent, bool keep_stdin) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(EXIT_FAILURE);  // parent died before prctl
+  g_is_child = true;
+  for (auto& [pid, c] : g_children) {
+    close_fd(c.pidfd);
+    close_fd(c.chan);
+  }
+  g_children.clear();
+  forkserver::forget_in_child();
+  close_fd(g_exit_report_fd);
+  if (!keep_stdin) redirect_stdin_to_devnull();
+}
+
+bool is_child() { return g_is_child; }
+
+pid_t fork_child(Method method) {
+  fflush(nullptr);
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) fail_errno("fork", errno);
+  if (pid == 0) {
+    init_child(parent, method == Method::raw);
+    return 0;
+  }
+  add_child(pid, pidfd_open(pid, 0), method);
+  return pid;
+}
+
+void set_executable(std::string_view path) { g_executable = path; }
+
+pid_t spawn_exe(std::string_view role, int fd) {
+  fflush(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawnattr_t attr;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fd, 3);
+  posix_spawn_file_actions_addclosefrom_np(&fa, 4);
+  posix_spawnattr_init(&attr);
+  sigset_t none, all;
+  sigemptyset(&none);
+  sigfillset(&all);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setsigdefault(&attr, &all);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+  std::string flag = "--luamp-" + std::string(role);
+  std::string parent = std::to_string(getpid());
+  char* argv[] = {const_cast<char*>("luamp"), flag.data(), parent.data(), nullptr};
+  pid_t pid;
+  int err = posix_spawn(&pid, g_executable.c_str(), &fa, &attr, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  posix_spawnattr_destroy(&attr);
+  if (err != 0) fail_errno(("cannot start " + g_executable).c_str(), err);
+  return pid;
+}
+
+pid_t spawn_child(std::string_view payload) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) fail_errno("socketpair", errno);
+  pid_t pid;
+  try {
+    pid = spawn_exe("spawn", sv[1]);
+  } catch (...) {
+    close(sv[0]);
+    close(sv[1]);
+    throw;
+  }
+  close(sv[1]);
+  add_child(pid, pidfd_open(pid, 0), Method::spawn);
+  // A child that died before reading shows up in its exit code; EPIPE here
+  // needs no report of its own.
+  for (size_t off = 0; off < payload.size();) {
+    ssize_t n = send(sv[0], payload.data() + off, payload.size() - off, MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    off += static_cast<size_t>(n);
+  }
+  close(sv[0]);
+  return pid;
+}
+
+void set_exit_report_fd(int fd) { g_exit_report_fd = fd; }
+
+void report_exit(int code) {
+  if (g_exit_report_fd < 0) return;
+  ssize_t n;
+  do n = send(g_exit_report_fd, &code, sizeof code, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+}
+
+// -- Waiting -----------------------------------------------------------------
+
+int exitcode_from_status(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return -WTERMSIG(status);
+  return 255;
+}
+
+std::optional<int> poll(Child& c) {
+  return wait(c, 0);
+}
+
+std::optional<int> wait(Child& c, double timeout) {
+  if (c.reaped) return c.exitcode;
+  if (c.pidfd < 0) {  // no pidfd (fd limit): fall back to polling waitpid
+    double deadline = now_monotonic() + timeout;
+    while (!reap_direct(c, WNOHANG)) {
+      if (timeout >= 0 && now_monotonic() >= deadline) return std::nullopt;
+      usleep(1000);
+    }
+    return c.exitcode;
+  }
+  if (timeout < 0 && c.method != Method::forkserver) {
+    reap_direct(c, 0);
+    return c.exitcode;
+  }
+  if (!wait_readable(c.pidfd, timeout)) return std::nullopt;
+  collect(c);
+  return c.exitcode;
+}
+
+void send_signal(Child& c, int sig) {
+  if (c.reaped) return;
+  if (c.pidfd >= 0) pidfd_send_signal(c.pidfd, sig, nullptr, 0);
+  else kill(c.pid, sig);
+}
+
+int waitpid_exitcode(pid_t pid) {
+  if (Child* c = find_child(pid)) {
+    auto code = wait(*c, -1);
+    release_child(pid);
+    return *code;
+  }
+  int status;
+  pid_t r;
+  do r = waitpid(pid, &status, 0);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) fail_errno(("waitpid(" + std::to_string(pid) + ")").c_str(), errno);
+  return exitcode_from_status(status);
+}
+
+void reap_raw_children() {
+  for (auto it = g_children.begin(); it != g_children.end();) {
+    Child& c = it->second;
+    if (c.method == Method::raw) {
+      if (!c.reaped) reap_direct(c, 0);
+      close_fd(c.pidfd);
+      it = g_children.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+}  // namespace luamp::proc

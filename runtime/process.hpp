@@ -1,0 +1,93 @@
+// process.hpp — the one place that starts processes and tracks this
+// process's own children, for every start method.
+//
+// Provides: luamp::proc — the child registry (pid -> pidfd, exit status),
+//           fork with the child-init protocol, spawn (fork+exec of a fresh
+//           luamp), waiting with timeouts, signals, exit-status conventions.
+//           The forkserver (forkserver.hpp) registers its children here too.
+// Uses:     Linux pidfds (5.3+), prctl(PR_SET_PDEATHSIG), posix_spawn.
+// Fork-safe: after fork, init_child() drops the parent's registry so a child
+//           owns none of its parent's processes.
+// Errors:   throws luamp::Error (OSError family, ValueError) — never exits.
+//
+// Exit codes follow Process.exitcode: the status given to exit(), or -N after
+// signal N.  Every child is given PR_SET_PDEATHSIG=SIGKILL towards the
+// process that started it, so nothing outlives its parent, even a SIGKILLed
+// one; the check of getppid() after prctl closes the race with a parent that
+// died during fork.
+#pragma once
+#include <sys/types.h>
+
+#include <optional>
+#include <string_view>
+
+namespace luamp::proc {
+
+enum class Method { fork, spawn, forkserver, raw };
+
+struct Child {
+  pid_t pid = -1;
+  int pidfd = -1;   // readable once the process has ended: the sentinel
+  int chan = -1;    // forkserver children: where they report their exit code
+  Method method = Method::fork;
+  bool reaped = false;
+  int exitcode = 0;  // valid once reaped
+};
+
+// -- Registry ----------------------------------------------------------------
+
+// Requires: pid is a child started by this process. Takes ownership of fds.
+Child& add_child(pid_t pid, int pidfd, Method method, int chan = -1);
+// Returns nullptr when pid is not (or no longer) this process's child.
+Child* find_child(pid_t pid);
+// Closes the child's fds and forgets it. Effects: an unreaped fork/spawn
+// child is reaped first if it has ended, so no zombie is left behind.
+void release_child(pid_t pid);
+
+// -- Starting ----------------------------------------------------------------
+
+// fork() with the child-init protocol. Effects: flushes stdio first (nothing
+// printed twice). Returns 0 in the child, the child's pid in the parent
+// (registered under `method`). Throws OSError when fork fails.
+pid_t fork_child(Method method);
+
+// Starts a fresh luamp executable as `exe --luamp-<role> <parent-pid>` with
+// `fd` as its fd 3 and every other fd but 0-2 closed; returns its pid (not
+// registered). The executable defaults to /proc/self/exe.
+pid_t spawn_exe(std::string_view role, int fd);
+// Start method "spawn": spawn_exe("spawn") with `payload` readable on its
+// fd 3 (then EOF); returns its pid, registered as Method::spawn.
+pid_t spawn_child(std::string_view payload);
+void set_executable(std::string_view path);
+
+// Called first thing in any new child (fork, spawn, forkserver): death
+// signal towards `parent`, exit if the parent is already gone, registry
+// dropped, stdin from /dev/null (kept for a raw mp.fork child, as os.fork).
+void init_child(pid_t parent, bool keep_stdin = false);
+// True in any process started by luamp (it ends with _exit, so the
+// parent's atexit work never runs twice).
+bool is_child();
+
+// A forkserver child reports its exit code on this fd just before exiting.
+void set_exit_report_fd(int fd);
+// Called by the exit procedure with the final code.
+void report_exit(int code);
+
+// -- Waiting -----------------------------------------------------------------
+
+// Returns the exit code if the child has ended (reaping it), else nothing.
+std::optional<int> poll(Child& c);
+// Waits up to `timeout` seconds (< 0: no limit). Returns the exit code, or
+// nothing on timeout. Interrupted waits resume with the remaining time.
+std::optional<int> wait(Child& c, double timeout);
+// Sends `sig` through the pidfd (no pid-reuse race). Harmless once ended.
+void send_signal(Child& c, int sig);
+
+// waitpid() on a raw child (mp.waitpid): blocks, returns the exit code.
+int waitpid_exitcode(pid_t pid);
+// Waits for every raw-forked child not yet waited for (exit procedure).
+void reap_raw_children();
+
+int exitcode_from_status(int status);
+
+}  // namespace luamp::proc

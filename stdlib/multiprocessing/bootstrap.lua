@@ -1,0 +1,94 @@
+-- multiprocessing.bootstrap — the child-init protocol shared by every start
+-- method: what a parent sends (payload) and what a child does with it (run).
+--
+-- A child sets itself up as the current process, runs `proc:run()` under a
+-- traceback handler, and ends through the exit procedure (its own children
+-- are joined, stdio flushed) with status 0, 1 after an uncaught error, or
+-- what os.exit gave.
+local core = require("luamp.core")
+local process = require("multiprocessing.process")
+local util = require("multiprocessing.util")
+
+local M = {}
+
+local function traceback(err)
+  return debug.traceback(tostring(err), 2)
+end
+
+-- Runs `proc` as this process; never returns.
+function M.run(proc, parent_pid, parent_name, authkey)
+  process.become_child(proc, parent_pid, parent_name, authkey)
+  local ok, err = xpcall(function() return proc:run() end, traceback)
+  if not ok then
+    io.stderr:write("Process ", tostring(proc.name), ":\n", err, "\n")
+  end
+  core.exit(ok and 0 or 1)
+end
+
+-- Start method "fork", in the new child.
+function M.run_forked(proc)
+  local parent_name = process.current_process().name
+  util.run_after_fork()
+  M.run(proc, core.getppid(), parent_name)
+end
+
+-- The serialized form of `proc` for spawn and forkserver children. Target,
+-- args and the object's own fields are encoded separately so that an
+-- unsendable value is reported as `args[2].co` rather than deep in a wrapper.
+function M.payload(proc, method)
+  local fields = {}
+  for k, v in pairs(proc) do
+    if k ~= "_target" and k ~= "_args" and k ~= "_popen" then fields[k] = v end
+  end
+  return core.dumps({
+    path = package.path,
+    cpath = package.cpath,
+    method = method,
+    authkey = process.authkey(),
+    parent_pid = core.getpid(),
+    parent_name = process.current_process().name,
+    target = core.dumps(proc._target, "target"),
+    args = core.dumps(proc._args, "args"),
+    state = core.dumps({ class = getmetatable(proc), fields = fields }, "process"),
+  })
+end
+
+local function decode_process(d)
+  local state = core.loads(d.state)
+  local proc = setmetatable(state.fields, state.class)
+  proc._target = core.loads(d.target)
+  proc._args = core.loads(d.args)
+  return proc
+end
+
+-- Spawned and forkserver children: decode the payload and run it.
+function M.run_payload(bytes)
+  local d = core.loads(bytes, true)
+  package.path, package.cpath = d.path, d.cpath
+  require("multiprocessing").set_start_method(d.method, true)
+  local ok, proc = xpcall(decode_process, traceback, d)
+  if not ok then
+    io.stderr:write("luamp: cannot start the process: ", proc, "\n")
+    core.exit(1)
+  end
+  M.run(proc, d.parent_pid, d.parent_name, d.authkey)
+end
+
+-- The forkserver's warm-up: paths, the multiprocessing library and the
+-- preload modules (a module that fails is reported and skipped). Returns the
+-- number of idle children to keep.
+function M.forkserver_init(bytes)
+  local c = core.loads(bytes, true)
+  package.path, package.cpath = c.path, c.cpath
+  require("multiprocessing")
+  for _, name in ipairs(c.preload) do
+    local ok, err = pcall(require, name)
+    if not ok then
+      io.stderr:write(("luamp: forkserver: cannot preload module '%s': %s\n"):format(name, tostring(err)))
+    end
+  end
+  io.stderr:flush()
+  return c.idle
+end
+
+return M

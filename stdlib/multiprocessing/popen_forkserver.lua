@@ -1,0 +1,45 @@
+-- multiprocessing.popen_forkserver — start method "forkserver": a warm
+-- luamp image, started on first use, keeps a few forked idle children; a
+-- start hands the serialized Process object to one of them.
+local core = require("luamp.core")
+local bootstrap = require("multiprocessing.bootstrap")
+local util = require("multiprocessing.util")
+
+local M = {}
+
+local IDLE_CHILDREN = 2
+local preload = {}
+local stop_registered = false
+
+-- mp.set_forkserver_preload({"mod", ...}): for a forkserver started later.
+function M.set_preload(modules)
+  if type(modules) ~= "table" then
+    core.error("TypeError", "set_forkserver_preload: argument #1 (modules) expected a table, got " .. type(modules))
+  end
+  local list = {}
+  for i, name in ipairs(modules) do
+    if type(name) ~= "string" then
+      core.error("TypeError", ("set_forkserver_preload: module #%d expected a string, got %s"):format(i, type(name)))
+    end
+    list[i] = name
+  end
+  preload = list
+end
+
+local function config()
+  return core.dumps({ path = package.path, cpath = package.cpath, preload = preload, idle = IDLE_CHILDREN })
+end
+
+function M.start(proc)
+  local payload = bootstrap.payload(proc, "forkserver")
+  if not core.forkserver_running() then
+    core.forkserver_start(config())
+    if not stop_registered then
+      util.at_exit(core.forkserver_stop)
+      stop_registered = true
+    end
+  end
+  return core.start_forkserver(payload)
+end
+
+return M

@@ -1,0 +1,13 @@
+-- multiprocessing.popen_spawn — start method "spawn": a fresh luamp process
+-- that receives the serialized Process object on a pipe; the main script is
+-- not run again.
+local core = require("luamp.core")
+local bootstrap = require("multiprocessing.bootstrap")
+
+local M = {}
+
+function M.start(proc)
+  return core.start_spawn(bootstrap.payload(proc, "spawn"))
+end
+
+return M

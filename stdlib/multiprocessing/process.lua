@@ -1,0 +1,265 @@
+-- multiprocessing.process — the Process class and the process-wide state:
+-- current_process(), parent_process(), active_children(), the process
+-- authkey, and joining children at exit.
+--
+--   local p = mp.Process{target = print, args = {"hi"}}
+--   p:start(); p:join(); print(p.exitcode)        --> hi / 0
+--
+-- Differences from Python: a daemon process may start children (they end
+-- with it); `join` before `start` and other misuse raise luamp error tables;
+-- every child dies with its parent, even when the parent is SIGKILLed.
+local core = require("luamp.core")
+local class = require("multiprocessing.class")
+local util = require("multiprocessing.util")
+
+local getmetatable, rawget, type, pairs, ipairs, tostring, unpack =
+  getmetatable, rawget, type, pairs, ipairs, tostring, unpack
+local raise = core.error
+
+local SIGTERM, SIGKILL = 15, 9
+local DAEMON_GRACE = 2.0  -- seconds a terminated daemon gets before SIGKILL at exit
+
+local M = {}
+
+local current          -- the Process object of this process
+local parent           -- ParentProcess, nil in the main process
+local children = {}    -- started child -> true, until found ended
+local counter = 0      -- numbers this process's children: Process-N
+local authkey = core.urandom(32)
+
+-- -- Computed fields ----------------------------------------------------------
+
+local getters = {}
+
+function getters.pid(self) return rawget(self, "_pid") end
+getters.ident = getters.pid
+function getters.authkey() return authkey end
+
+function getters.exitcode(self)
+  if rawget(self, "_closed") then return rawget(self, "_exitcode") end
+  local popen = rawget(self, "_popen")
+  return popen and popen:poll()
+end
+
+function getters.sentinel(self)
+  if rawget(self, "_closed") then return rawget(self, "_sentinel") end
+  local popen = rawget(self, "_popen")
+  return popen and popen:sentinel()
+end
+
+local Process = class.new("Process", getters)
+Process.__mp_unsendable = "Process"
+M.Process = Process
+
+-- -- Construction -------------------------------------------------------------
+
+local function callable(v)
+  if type(v) == "function" then return true end
+  local mt = getmetatable(v)
+  return type(mt) == "table" and rawget(mt, "__call") ~= nil
+end
+
+local function check_type(func, pos, what, v, want, ok)
+  if not ok then
+    raise("TypeError", ("%s: argument #%d (%s) expected %s, got %s"):format(func, pos, what, want, type(v)))
+  end
+end
+
+local function named(t)
+  return type(t) == "table" and rawget(t, 1) == nil and getmetatable(t) == nil
+end
+
+-- Process(group, target, name, args, daemon) or Process{target = ..., ...}
+function Process:init(group, target, name, args, daemon)
+  if named(group) then
+    local t = group
+    group, target, name, args, daemon = t.group, t.target, t.name, t.args, t.daemon
+  end
+  check_type("Process", 1, "group", group, "nil", group == nil)
+  check_type("Process", 2, "target", target, "a callable", target == nil or callable(target))
+  check_type("Process", 3, "name", name, "a string", name == nil or type(name) == "string")
+  check_type("Process", 4, "args", args, "a table", args == nil or type(args) == "table")
+  counter = counter + 1
+  local identity = {}
+  for i, v in ipairs(current._identity) do identity[i] = v end
+  identity[#identity + 1] = counter
+  self._identity = identity
+  self._target = target
+  self._args = args or {}
+  self._parent_pid = core.getpid()
+  self._parent_name = current.name
+  self.name = name or ("Process-" .. table.concat(identity, ":"))
+  if daemon == nil then daemon = current.daemon end
+  self.daemon = daemon and true or false
+end
+
+-- -- Methods ------------------------------------------------------------------
+
+local function check_open(self, method)
+  if rawget(self, "_closed") then
+    raise("ValueError", ("Process:%s: process object is closed"):format(method))
+  end
+end
+
+-- The started child's handle; `verb` names the misuse otherwise.
+local function started(self, method, verb)
+  check_open(self, method)
+  local popen = rawget(self, "_popen")
+  if not popen then raise("AssertionError", ("Process:%s: can only %s a started process"):format(method, verb)) end
+  return popen
+end
+
+function Process:run()
+  local target = self._target
+  if target then
+    local args = self._args
+    return target(unpack(args, 1, args.n or #args))
+  end
+end
+
+function Process:start()
+  check_open(self, "start")
+  if rawget(self, "_popen") then raise("ValueError", "Process:start: cannot start a process twice") end
+  if self._parent_pid ~= core.getpid() then
+    raise("ProcessError", "Process:start: can only start a process object created by the current process")
+  end
+  M.cleanup()
+  local context = require("multiprocessing.context")
+  local method = self._start_method or context.get_start_method()
+  self._popen, self._pid = context.popen(method)(self)
+  children[self] = true
+end
+
+function Process:join(timeout)
+  local popen = started(self, "join", "join")
+  if popen:wait(timeout) ~= nil then children[self] = nil end
+end
+
+function Process:is_alive()
+  check_open(self, "is_alive")
+  if self == current then return true end
+  local popen = rawget(self, "_popen")
+  if not popen then return false end
+  if popen:poll() == nil then return true end
+  children[self] = nil
+  return false
+end
+
+function Process:terminate()
+  started(self, "terminate", "terminate"):signal(SIGTERM)
+end
+
+function Process:kill()
+  started(self, "kill", "kill"):signal(SIGKILL)
+end
+
+function Process:close()
+  if rawget(self, "_closed") then return end
+  local popen = rawget(self, "_popen")
+  if popen then
+    local code = popen:poll()
+    if code == nil then
+      raise("ValueError", "Process:close: cannot close a process while it is still running; join() or terminate() it first")
+    end
+    self._exitcode, self._sentinel = code, popen:sentinel()
+    popen:close()
+    children[self] = nil
+  end
+  self._closed = true
+end
+
+function Process:__tostring()
+  local state
+  if self == current then state = "started"
+  elseif rawget(self, "_closed") then state = "closed"
+  elseif not rawget(self, "_popen") then state = "initial"
+  else
+    local code = self.exitcode
+    state = code == nil and "started" or ("stopped exitcode=" .. code)
+  end
+  return ("<%s name=%q pid=%s %s%s>"):format(rawget(getmetatable(self), "__name") or "Process",
+    tostring(self.name), tostring(self.pid), state, self.daemon and " daemon" or "")
+end
+
+-- -- The parent, seen from a child -------------------------------------------
+
+local ParentProcess = class.new("ParentProcess", { ident = function(self) return self.pid end })
+ParentProcess.__mp_unsendable = "ParentProcess"
+
+function ParentProcess:init(pid, name)
+  self.pid, self.name, self.daemon = pid, name, false
+  self.sentinel = core.pidfd_open(pid)
+end
+
+function ParentProcess:is_alive()
+  return self.sentinel ~= nil and not core.wait_readable(self.sentinel, 0)
+end
+
+function ParentProcess:join(timeout)
+  if self.sentinel then core.wait_readable(self.sentinel, timeout) end
+end
+
+-- -- Module functions ---------------------------------------------------------
+
+function M.current_process() return current end
+function M.parent_process() return parent end
+function M.authkey() return authkey end
+
+-- Forgets children that have ended (reaping them).
+function M.cleanup()
+  for p in pairs(children) do
+    if p._popen:poll() ~= nil then children[p] = nil end
+  end
+end
+
+function M.active_children()
+  M.cleanup()
+  local list = {}
+  for p in pairs(children) do list[#list + 1] = p end
+  table.sort(list, function(a, b) return a._pid < b._pid end)
+  return list
+end
+
+-- mp.fork(): the raw fork; the child owns none of its parent's processes.
+function M.fork()
+  local pid = core.fork()
+  if pid == 0 then util.run_after_fork() end
+  return pid
+end
+
+-- In a new child (any start method): `proc` becomes the current process.
+function M.become_child(proc, parent_pid, parent_name, key)
+  current = proc
+  proc._pid = core.getpid()
+  proc._popen = nil
+  children, counter = {}, 0
+  if key then authkey = key end
+  parent = ParentProcess(parent_pid, parent_name)
+end
+
+util.register_after_fork(function() children = {} end)
+
+-- At exit, as Python does: terminate daemonic children, join the others.
+local function join_children()
+  local daemons = {}
+  for _, p in ipairs(M.active_children()) do
+    if p.daemon then
+      p:terminate()
+      daemons[#daemons + 1] = p
+    end
+  end
+  for _, p in ipairs(M.active_children()) do
+    if not p.daemon then p:join() end
+  end
+  for _, p in ipairs(daemons) do
+    p:join(DAEMON_GRACE)
+    if p.exitcode == nil then p:kill(); p:join() end
+  end
+  core.reap_raw_children()
+end
+
+util.at_exit(join_children)
+
+current = setmetatable({ _identity = {}, name = "MainProcess", daemon = false, _pid = core.getpid() }, Process)
+
+return M
