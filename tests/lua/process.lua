@@ -1,0 +1,257 @@
+-- process.lua — mp.Process through the real binary, under the start method
+-- given as arg[1]: construction forms, run overrides and subclasses, exit
+-- codes, join timeouts, terminate/kill/close, computed fields, names,
+-- parent_process, active_children, sentinels, and misuse errors.
+local T = require("testlib")
+local mp, method = T.setup()
+local core = require("luamp.core")
+
+local function tmpfile()
+  local path = os.tmpname()
+  return path
+end
+
+local function slurp(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+-- Runs fn in a child; returns what the child wrote with `emit` and the exit code.
+local function in_child(fn, ...)
+  local out = tmpfile()
+  local p = mp.Process{target = function(path, ...)
+    local f = assert(io.open(path, "wb"))
+    local emit = function(...) local t = {...}; for i = 1, select("#", ...) do f:write(tostring(t[i]), "\n") end end
+    fn(emit, ...)
+    f:close()
+  end, args = table.pack(out, ...)}
+  p:start()
+  p:join()
+  local s = slurp(out)
+  os.remove(out)
+  return s, p.exitcode
+end
+
+-- -- Construction and running ---------------------------------------------------
+
+do
+  local got, code = in_child(function(emit, a, b, c) emit(a, b, c) end, 1, "two", true)
+  T.eq(got, "1\ntwo\ntrue\n", "args arrive in order")
+  T.eq(code, 0, "normal exit code")
+end
+
+do -- nils inside args, with n
+  local got = in_child(function(emit, a, b, c) emit(select("#", a, b, c), a, b, c) end, nil, 2, nil)
+  T.eq(got, "3\nnil\n2\nnil\n", "args.n carries nils")
+end
+
+do -- positional constructor: group, target, name, args, daemon
+  local out = tmpfile()
+  local p = mp.Process(nil, function(path) local f = io.open(path, "w"); f:write(mp.current_process().name); f:close() end,
+    "worker-x", {out})
+  T.eq(p.name, "worker-x", "positional name")
+  p:start(); p:join()
+  T.eq(slurp(out), "worker-x", "the child sees its name")
+  os.remove(out)
+end
+
+do -- closures keep their upvalues; globals named by the target travel
+  local base = 40
+  GLOBAL_OFFSET = 2
+  local got = in_child(function(emit) emit(base + GLOBAL_OFFSET) end)
+  T.eq(got, "42\n", "closure upvalue and script global")
+end
+
+do -- a C function as target
+  local p = mp.Process{target = os.exit, args = {5}}
+  p:start(); p:join()
+  T.eq(p.exitcode, 5, "os.exit as target")
+end
+
+do -- run overridden on the instance
+  local out = tmpfile()
+  local p = mp.Process()
+  p.path = out
+  p.run = function(self) local f = io.open(self.path, "w"); f:write("own run ", self.name); f:close() end
+  p:start(); p:join()
+  T.eq(slurp(out), "own run " .. p.name, "instance run")
+  os.remove(out)
+end
+
+do -- a subclass with init and run; instance fields travel
+  local Worker = mp.Process:extend()
+  function Worker:init(path, n)
+    mp.Process.init(self, {name = "worker-" .. n})
+    self.path, self.n = path, n
+  end
+  function Worker:run()
+    local f = io.open(self.path, "w")
+    f:write(self.name, " ", self.n * 2)
+    f:close()
+  end
+  local out = tmpfile()
+  local w = Worker(out, 21)
+  T.eq(w.name, "worker-21", "subclass name")
+  w:start(); w:join()
+  T.eq(w.exitcode, 0, "subclass exit code")
+  T.eq(slurp(out), "worker-21 42", "subclass run with its fields")
+  os.remove(out)
+end
+
+-- -- Exit codes --------------------------------------------------------------------
+
+local function exitcode_of(fn, ...)
+  local p = mp.Process{target = fn, args = {...}}
+  T.eq(p.exitcode, nil, "exitcode before start")
+  p:start(); p:join()
+  return p.exitcode
+end
+
+T.eq(exitcode_of(function() error("boom") end), 1, "uncaught error gives 1")
+T.eq(exitcode_of(function() os.exit(3) end), 3, "os.exit(3)")
+T.eq(exitcode_of(function() os.exit(true) end), 0, "os.exit(true)")
+T.eq(exitcode_of(function() os.exit(false) end), 1, "os.exit(false)")
+T.eq(exitcode_of(function() mp.getpid() end), 0, "return gives 0")
+
+do
+  local p = mp.Process{target = mp.sleep, args = {30}}
+  p:start()
+  T.eq(p.exitcode, nil, "exitcode while running")
+  T.check(p:is_alive(), "alive while running")
+  p:terminate(); p:join()
+  T.eq(p.exitcode, -15, "terminate gives -SIGTERM")
+  T.check(not p:is_alive(), "not alive after join")
+  p = mp.Process{target = mp.sleep, args = {30}}
+  p:start(); p:kill(); p:join()
+  T.eq(p.exitcode, -9, "kill gives -SIGKILL")
+end
+
+-- -- join timeouts -------------------------------------------------------------------
+
+do
+  local p = mp.Process{target = mp.sleep, args = {0.5}}
+  p:start()
+  local t0 = mp.monotonic()
+  p:join(0.1)
+  local waited = mp.monotonic() - t0
+  T.check(waited >= 0.09 and waited < 0.4, ("join(0.1) waited %.3f s"):format(waited))
+  T.eq(p.exitcode, nil, "still running after the timeout")
+  p:join(0)
+  T.eq(p.exitcode, nil, "join(0) returns at once")
+  p:join()
+  T.eq(p.exitcode, 0, "joined")
+end
+
+-- -- Fields ---------------------------------------------------------------------------
+
+do
+  local p = mp.Process{target = function() end}
+  T.eq(p.pid, nil, "pid before start")
+  T.eq(p.sentinel, nil, "sentinel before start")
+  T.check(p.name:match("^Process%-%d+$"), "default name " .. p.name)
+  T.eq(p.daemon, false, "not a daemon by default")
+  T.eq(type(p.authkey), "string", "authkey is a string")
+  T.eq(#p.authkey, 32, "authkey has 32 bytes")
+  p:start()
+  T.eq(type(p.pid), "number", "pid after start")
+  T.eq(p.ident, p.pid, "ident is pid")
+  T.eq(type(p.sentinel), "number", "sentinel is an fd")
+  p:join()
+  T.check(core.wait_readable(p.sentinel, 0), "sentinel readable once ended")
+end
+
+do -- the child sees the same authkey, its own pid, its parent
+  local got = in_child(function(emit, key, ppid)
+    local me, parent = mp.current_process(), mp.parent_process()
+    emit(me.authkey == key, me.pid == mp.getpid(), parent.pid == ppid, parent.name, parent:is_alive(), me.daemon)
+  end, mp.current_process().authkey, mp.getpid())
+  T.eq(got, "true\ntrue\ntrue\nMainProcess\ntrue\nfalse\n", "child's view of itself and its parent")
+  T.eq(mp.parent_process(), nil, "no parent in the main process")
+  T.eq(mp.current_process().name, "MainProcess", "main process name")
+end
+
+do -- grandchildren are named Process-N:M and daemon is inherited
+  local got = in_child(function(emit)
+    local q = mp.Process{target = function() end}
+    emit(q.name:match("^Process%-%d+:1$") ~= nil, q.daemon)
+    q:start(); q:join()
+    emit(q.exitcode)
+  end)
+  T.eq(got, "true\nfalse\n0\n", "grandchild name and exit")
+  local out = tmpfile()
+  local d = mp.Process{target = function(path)
+    local q = mp.Process{target = function() end}
+    local f = io.open(path, "w"); f:write(tostring(q.daemon)); f:close()
+  end, args = {out}, daemon = true}
+  d:start(); d:join()
+  T.eq(slurp(out), "true", "a process made inside a daemon is a daemon")
+  os.remove(out)
+end
+
+do -- active_children reaps finished ones and sets their exitcode
+  local a = mp.Process{target = function() end}
+  local b = mp.Process{target = mp.sleep, args = {0.5}}
+  a:start(); b:start()
+  mp.sleep(0.2)
+  local list = mp.active_children()
+  T.eq(#list, 1, "one child still active")
+  T.check(list[1] == b, "the sleeping one")
+  T.eq(a.exitcode, 0, "the finished one was reaped")
+  b:join()
+  T.eq(#mp.active_children(), 0, "none left")
+end
+
+-- -- close ------------------------------------------------------------------------
+
+do
+  local p = mp.Process{target = mp.sleep, args = {0.3}}
+  p:start()
+  T.checkerr("ValueError", "still running", p.close, p)
+  p:join()
+  local pid = p.pid
+  p:close()
+  T.eq(p.exitcode, 0, "exitcode readable after close")
+  T.eq(p.pid, pid, "pid readable after close")
+  p:close()
+  T.checkerr("ValueError", "closed", p.join, p)
+  T.checkerr("ValueError", "closed", p.is_alive, p)
+  T.checkerr("ValueError", "closed", p.start, p)
+end
+
+-- -- Misuse -----------------------------------------------------------------------
+
+T.checkerr("TypeError", "target", mp.Process, {target = 42})
+T.checkerr("TypeError", "args", mp.Process, {target = print, args = "x"})
+do
+  local p = mp.Process{target = function() end}
+  T.checkerr("AssertionError", "started", p.join, p)
+  T.checkerr("AssertionError", "started", p.terminate, p)
+  p:start()
+  T.checkerr("ValueError", "twice", p.start, p)
+  T.checkerr("ValueError", "timeout", p.join, p, -1)
+  T.checkerr("TypeError", nil, p.join, p, "soon")
+  p:join()
+end
+T.checkerr("ValueError", "'bogus'", mp.set_start_method, "bogus", true)
+T.checkerr("RuntimeError", "already", mp.set_start_method, "fork")
+T.checkerr("ValueError", "bogus", mp.get_context, "bogus")
+
+-- -- Contexts -----------------------------------------------------------------------
+
+do
+  T.same(mp.get_all_start_methods(), {"forkserver", "fork", "spawn"}, "all start methods")
+  T.eq(mp.get_start_method(), method ~= "default" and method or "forkserver", "current start method")
+  for _, m in ipairs(mp.get_all_start_methods()) do
+    local ctx = mp.get_context(m)
+    T.eq(ctx.get_start_method(), m, "context method " .. m)
+    local p = ctx.Process{target = os.exit, args = {4}}
+    p:start(); p:join()
+    T.eq(p.exitcode, 4, "context " .. m .. " starts a process")
+    T.eq(ctx.cpu_count, mp.cpu_count, "a context carries mp's functions")
+  end
+end
+
+T.done()
