@@ -1,0 +1,410 @@
+-- luamp side of the benchmark: the workloads of
+-- /work/shared/bench/README.md written against luamp's multiprocessing API,
+-- printing the same JSON lines as cpython_bench.py so that scripts/bench/run
+-- can put the two side by side.
+--
+--   luamp scripts/bench/luamp_bench.lua [--quick] [--reps N] [--list] WORKLOAD...
+--
+-- Each workload is one entry of WORKLOADS (see `workload` below): its
+-- parameters, the mp fields it needs, and a function that runs the measured
+-- body p.reps times and returns metric records.  A workload whose API luamp
+-- does not have yet, or that this file does not implement yet, prints a
+-- "skipped" line (the driver shows n/a).  Rules as in the README: setup once,
+-- body reps times, value = median; warm-ups are untimed.
+local mp = require("multiprocessing")
+
+-- CLOCK_MONOTONIC, the clock CPython's perf_counter reads.
+local clock = mp.monotonic
+
+-- README order; names without an entry in WORKLOADS are reported as skipped.
+local ORDER = {
+  "start_join_fork", "start_join_spawn", "start_join_forkserver",
+  "start_join_parallel_fork", "pool_map_tiny", "pool_map_tiny_chunk1",
+  "pool_apply_async_latency", "pool_cpu_speedup", "queue_small",
+  "queue_large", "simplequeue_small", "pipe_pingpong", "pipe_bytes_pingpong",
+  "lock_contended", "lock_uncontended", "event_pingpong", "array_sum",
+  "manager_dict", "worker_memory",
+}
+
+------------------------------------------------------------------- JSON out
+
+-- Stands for JSON null in a table (a nil field would just be absent).
+local NULL = setmetatable({}, { __tostring = function() return "null" end })
+
+local encode
+
+local function encode_number(x)
+  if x ~= x or x == math.huge or x == -math.huge then return "null" end
+  if x == math.floor(x) and math.abs(x) < 2^53 then return ("%d"):format(x) end
+  return ("%.6g"):format(x)  -- 6 significant digits, as the CPython side
+end
+
+local function encode_string(s)
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    local named = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\t"] = "\\t" }
+    return named[c] or ("\\u%04x"):format(c:byte())
+  end) .. '"'
+end
+
+local function is_array(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n > 0 and n == #t
+end
+
+-- keys: the order of an object's fields (the rest follow, sorted).
+local function encode_object(t, keys)
+  local seen, parts = {}, {}
+  local function add(k)
+    if t[k] ~= nil and not seen[k] then
+      seen[k] = true
+      parts[#parts + 1] = encode_string(tostring(k)) .. ": " .. encode(t[k])
+    end
+  end
+  for _, k in ipairs(keys or {}) do add(k) end
+  local rest = {}
+  for k in pairs(t) do if not seen[k] then rest[#rest + 1] = tostring(k) end end
+  table.sort(rest)
+  for _, k in ipairs(rest) do add(k) end
+  return "{" .. table.concat(parts, ", ") .. "}"
+end
+
+function encode(v, keys)
+  local t = type(v)
+  if v == nil or v == NULL then return "null"
+  elseif t == "boolean" then return tostring(v)
+  elseif t == "number" then return encode_number(v)
+  elseif t == "string" then return encode_string(v)
+  elseif t == "table" and is_array(v) then
+    local parts = {}
+    for i = 1, #v do parts[i] = encode(v[i]) end
+    return "[" .. table.concat(parts, ", ") .. "]"
+  elseif t == "table" then return encode_object(v, keys)
+  end
+  return encode_string(tostring(v))
+end
+
+local LINE_KEYS = { "workload", "metric", "value", "unit", "params", "samples",
+                    "min", "max", "best", "better", "ok", "wall_s" }
+
+local function emit(line)
+  io.stdout:write(encode(line, LINE_KEYS), "\n")
+  io.stdout:flush()
+end
+
+----------------------------------------------------------------- statistics
+
+local function median(xs)
+  local s = {}
+  for i, x in ipairs(xs) do s[i] = x end
+  table.sort(s)
+  local mid = math.floor(#s / 2)
+  if #s % 2 == 1 then return s[mid + 1] end
+  return (s[mid] + s[mid + 1]) / 2
+end
+
+local function extremes(xs)
+  local lo, hi = math.huge, -math.huge
+  for _, x in ipairs(xs) do lo, hi = math.min(lo, x), math.max(hi, x) end
+  return lo, hi
+end
+
+-- A metric record as workloads return it; run_one turns it into a line.
+local function metric(name, unit, samples, ok, better)
+  return { metric = name, unit = unit, samples = samples, ok = ok ~= false,
+           better = better or "lower" }
+end
+
+------------------------------------------------------------------- registry
+
+-- name -> { full = params, quick = params (default: full), needs = {mp
+-- fields}, run = function(p) -> {metric...} }; p is a copy of the params
+-- with reps and quick added, and is printed as the line's params.
+local WORKLOADS = {}
+
+local function workload(name, spec)
+  spec.quick = spec.quick or spec.full
+  spec.needs = spec.needs or {}
+  WORKLOADS[name] = spec
+end
+
+------------------------------------------------------------ process start
+
+-- Module level, no upvalues: what spawn and forkserver children receive is
+-- this function's bytecode, as CPython's receive a reference to `noop`.
+local function noop() end
+
+local function start_and_join(ctx)
+  local p = ctx.Process{ target = noop }
+  p:start()
+  p:join()
+  return p.exitcode
+end
+
+-- No set_forkserver_preload: a Lua target travels by value (bytecode), so
+-- a preloaded module holding it would not spare the child anything; the
+-- warm image already holds the multiprocessing library.
+local function start_join(p)
+  local ctx = mp.get_context(p.start_method)
+  local samples, bad = {}, 0
+  for r = 1, p.reps do
+    -- warm-up: starts the forkserver on the first repetition
+    if start_and_join(ctx) ~= 0 then bad = bad + 1 end
+    local t0 = clock()
+    for _ = 1, p.n do
+      if start_and_join(ctx) ~= 0 then bad = bad + 1 end
+    end
+    samples[r] = (clock() - t0) * 1e3 / p.n
+  end
+  return { metric("ms_per_process", "ms", samples, bad == 0) }
+end
+
+workload("start_join_fork", {
+  full = { n = 100, start_method = "fork" },
+  quick = { n = 30, start_method = "fork" },
+  needs = { "Process", "get_context" },
+  run = start_join,
+})
+
+workload("start_join_spawn", {
+  full = { n = 30, start_method = "spawn" },
+  quick = { n = 10, start_method = "spawn" },
+  needs = { "Process", "get_context" },
+  run = start_join,
+})
+
+workload("start_join_forkserver", {
+  full = { n = 100, start_method = "forkserver" },
+  quick = { n = 30, start_method = "forkserver" },
+  needs = { "Process", "get_context" },
+  run = start_join,
+})
+
+workload("start_join_parallel_fork", {
+  full = { n = 64, start_method = "fork" },
+  needs = { "Process", "get_context" },
+  run = function(p)
+    local ctx = mp.get_context("fork")
+    local samples, bad = {}, 0
+    for r = 1, p.reps do
+      if start_and_join(ctx) ~= 0 then bad = bad + 1 end
+      local t0 = clock()
+      local procs = {}
+      for i = 1, p.n do procs[i] = ctx.Process{ target = noop } end
+      for _, pr in ipairs(procs) do pr:start() end
+      for _, pr in ipairs(procs) do pr:join() end
+      samples[r] = (clock() - t0) * 1e3 / p.n
+      for _, pr in ipairs(procs) do
+        if pr.exitcode ~= 0 then bad = bad + 1 end
+      end
+    end
+    return { metric("ms_per_process", "ms", samples, bad == 0) }
+  end,
+})
+
+--------------------------------------------------------------------- memory
+-- Until mp.Pool exists, worker_memory measures idle mp.Process children:
+-- per repetition and start method a fresh luamp (so fork children inherit
+-- a minimal parent) starts `workers` children that sleep, waits settle_s,
+-- and reads Rss/Pss of each child and of itself.
+
+local function smaps_kb(pid)
+  local f = io.open("/proc/" .. pid .. "/smaps_rollup")
+  if not f then return nil end
+  local text = f:read("*a")
+  f:close()
+  return { rss = tonumber(text:match("\nRss:%s+(%d+)")),
+           pss = tonumber(text:match("\nPss:%s+(%d+)")) }
+end
+
+local function sleep_for(seconds) mp.sleep(seconds) end
+
+-- Runs in the fresh luamp; prints "worker RSS PSS" per child, then
+-- "parent RSS PSS", or "dead" for a child that was not alive to measure.
+local function memory_probe(method, workers, child_s, settle_s)
+  local ctx = mp.get_context(method)
+  local procs = {}
+  for i = 1, workers do
+    procs[i] = ctx.Process{ target = sleep_for, args = { child_s } }
+    procs[i]:start()
+  end
+  mp.sleep(settle_s)
+  local lines = {}
+  for _, pr in ipairs(procs) do
+    local m = pr:is_alive() and smaps_kb(pr.pid)
+    lines[#lines + 1] = m and ("worker %d %d"):format(m.rss, m.pss) or "dead"
+  end
+  local me = smaps_kb(mp.getpid())
+  for _, pr in ipairs(procs) do pr:join() end
+  for _, pr in ipairs(procs) do
+    if pr.exitcode ~= 0 then lines[#lines + 1] = "failed" end
+  end
+  lines[#lines + 1] = ("parent %d %d"):format(me.rss, me.pss)
+  io.stdout:write(table.concat(lines, "\n"), "\n")
+end
+
+-- The luamp running this script: arg[-1] as it was invoked, else the
+-- executable behind this process id.
+local function luamp_command()
+  return arg[-1] or ("/proc/" .. mp.getpid() .. "/exe")
+end
+
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- Returns {workers = {{rss, pss}...}, parent = {rss, pss}, ok}.
+local function probe_in_fresh_luamp(method, p)
+  local cmd = table.concat({
+    shell_quote(luamp_command()), shell_quote(arg[0]), "--memory-probe", method,
+    tostring(p.workers), tostring(p.child_s), tostring(p.settle_s) }, " ")
+  local pipe = assert(io.popen(cmd))
+  local out = { workers = {}, ok = true }
+  for line in pipe:lines() do
+    local who, rss, pss = line:match("^(%a+) (%d+) (%d+)$")
+    if who == "worker" then
+      out.workers[#out.workers + 1] = { rss = tonumber(rss), pss = tonumber(pss) }
+    elseif who == "parent" then
+      out.parent = { rss = tonumber(rss), pss = tonumber(pss) }
+    else
+      out.ok = false
+    end
+  end
+  local closed = pipe:close()
+  out.ok = out.ok and closed and out.parent ~= nil and #out.workers == p.workers
+  return out
+end
+
+workload("worker_memory", {
+  full = { workers = 2, child_s = 1.5, settle_s = 0.3,
+           methods = { "fork", "spawn", "forkserver" },
+           workers_are = "idle mp.Process children (no mp.Pool yet)" },
+  needs = { "Process", "get_context" },
+  run = function(p)
+    local series, names = {}, {}
+    local function add(name, value)
+      if not series[name] then series[name] = {}; names[#names + 1] = name end
+      table.insert(series[name], value)
+    end
+    for _ = 1, p.reps do
+      for _, method in ipairs(p.methods) do
+        local r = probe_in_fresh_luamp(method, p)
+        if not r.ok then error("memory probe for " .. method .. " failed") end
+        for _, kind in ipairs({ "pss", "rss" }) do
+          local per_worker = {}
+          for i, w in ipairs(r.workers) do per_worker[i] = w[kind] end
+          add(("worker_%s_%s"):format(kind, method), median(per_worker))
+          add(("parent_%s_%s"):format(kind, method), r.parent[kind])
+        end
+      end
+    end
+    local out = {}
+    for i, name in ipairs(names) do out[i] = metric(name, "kB", series[name]) end
+    return out
+  end,
+})
+
+--------------------------------------------------------------------- runner
+
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do c[k] = v end
+  return c
+end
+
+local function missing_api(spec)
+  for _, field in ipairs(spec.needs) do
+    if mp[field] == nil then return "mp." .. field .. " is missing" end
+  end
+end
+
+local function stop_children()
+  local ok, children = pcall(mp.active_children)
+  for _, c in ipairs(ok and children or {}) do pcall(c.terminate, c) end
+end
+
+local function report(name, params, metrics, wall)
+  for _, m in ipairs(metrics) do
+    local lo, hi = extremes(m.samples)
+    emit({ workload = name, metric = m.metric, value = median(m.samples),
+           unit = m.unit, params = params, samples = m.samples, min = lo, max = hi,
+           best = m.better == "lower" and lo or hi, better = m.better, ok = m.ok,
+           wall_s = wall })
+  end
+end
+
+-- Runs one workload here and prints its lines; returns whether it passed.
+local function run_one(name, quick, reps)
+  local spec = WORKLOADS[name]
+  local params = copy(spec and (quick and spec.quick or spec.full) or {})
+  params.reps, params.quick = reps, quick
+  local why = spec == nil and "not implemented in luamp_bench.lua yet"
+              or missing_api(spec)
+  if why then
+    emit({ workload = name, metric = "skipped", value = NULL, unit = "",
+           params = params, ok = true, reason = why })
+    return true
+  end
+  io.stderr:write("luamp: ", name, " ...\n")
+  local t0 = clock()
+  local ok, result = xpcall(spec.run, function(e)
+    io.stderr:write(debug.traceback(tostring(e), 2), "\n")
+    return tostring(e)
+  end, params)
+  if not ok then
+    stop_children()
+    emit({ workload = name, metric = "error", value = NULL, unit = "",
+           params = params, ok = false, error = result })
+    return false
+  end
+  report(name, params, result, math.floor((clock() - t0) * 1e3 + 0.5) / 1e3)
+  local passed = true
+  for _, m in ipairs(result) do passed = passed and m.ok end
+  return passed
+end
+
+local function usage(msg)
+  io.stderr:write(msg, "\nusage: luamp luamp_bench.lua [--quick] [--reps N] ",
+                  "[--list] [WORKLOAD...]\n")
+  os.exit(2)
+end
+
+local function parse_args(argv)
+  local known = {}
+  for _, name in ipairs(ORDER) do known[name] = true end
+  local opts, i = { names = {} }, 1
+  while argv[i] do
+    local a = argv[i]
+    if a == "--quick" then opts.quick = true
+    elseif a == "--list" then opts.list = true
+    elseif a == "--reps" then
+      i = i + 1
+      opts.reps = tonumber(argv[i])
+      if not opts.reps or opts.reps < 1 then usage("--reps needs a number >= 1") end
+    elseif known[a] then opts.names[#opts.names + 1] = a
+    else usage("unknown argument or workload: " .. a) end
+    i = i + 1
+  end
+  if #opts.names == 0 then opts.names = ORDER end
+  opts.reps = opts.reps or (opts.quick and 3 or 7)
+  return opts
+end
+
+local function main(argv)
+  if argv[1] == "--memory-probe" then
+    memory_probe(argv[2], tonumber(argv[3]), tonumber(argv[4]), tonumber(argv[5]))
+    return 0
+  end
+  local opts = parse_args(argv)
+  if opts.list then
+    print(table.concat(ORDER, "\n"))
+    return 0
+  end
+  local passed = true
+  for _, name in ipairs(opts.names) do
+    passed = run_one(name, opts.quick or false, opts.reps) and passed
+  end
+  return passed and 0 or 1
+end
+
+os.exit(main(arg))
