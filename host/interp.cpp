@@ -58,6 +58,35 @@ int l_os_exit(lua_State* L) {
   exit_process(code);
 }
 
+// table.pack(...) as in Lua 5.2 (SPEC's args tables carry `n` to pass nils);
+// LuaJIT has it only when built with LUAJIT_ENABLE_LUA52COMPAT.
+int l_table_pack(lua_State* L) {
+  int n = lua_gettop(L);
+  lua_createtable(L, n, 1);
+  lua_insert(L, 1);
+  for (int i = n; i >= 1; --i) lua_rawseti(L, 1, i);
+  lua_pushinteger(L, n);
+  lua_setfield(L, 1, "n");
+  return 1;
+}
+
+// [-0, +0] Adds table.pack and table.unpack where the build lacks them.
+void add_table_compat(lua_State* L) {
+  lua_getglobal(L, "table");
+  lua_getfield(L, -1, "pack");
+  if (lua_isnil(L, -1)) {
+    lua_pushcfunction(L, l_table_pack);
+    lua_setfield(L, -3, "pack");
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, -1, "unpack");
+  if (lua_isnil(L, -1)) {
+    lua_getglobal(L, "unpack");
+    lua_setfield(L, -3, "unpack");
+  }
+  lua_pop(L, 2);
+}
+
 int panic(lua_State* L) {
   fprintf(stderr, "luamp: unprotected error: %s\n", lua_tostring(L, -1));
   fflush(stderr);
@@ -74,6 +103,7 @@ lua_State* new_interpreter() {
   }
   lua_atpanic(L, panic);
   luaL_openlibs(L);
+  add_table_compat(L);
   preload_stdlib(L);
   lua_getglobal(L, "os");
   lua_pushcfunction(L, l_os_exit);

@@ -8,6 +8,7 @@
 local core = require("luamp.core")
 local process = require("multiprocessing.process")
 local util = require("multiprocessing.util")
+local class = require("multiprocessing.class")
 
 local M = {}
 
@@ -49,13 +50,13 @@ function M.payload(proc, method)
     parent_name = process.current_process().name,
     target = core.dumps(proc._target, "target"),
     args = core.dumps(proc._args, "args"),
-    state = core.dumps({ class = getmetatable(proc), fields = fields }, "process"),
+    state = core.dumps({ class = class.describe(getmetatable(proc)), fields = fields }, "process"),
   })
 end
 
 local function decode_process(d)
   local state = core.loads(d.state)
-  local proc = setmetatable(state.fields, state.class)
+  local proc = setmetatable(state.fields, class.rebuild(state.class))
   proc._target = core.loads(d.target)
   proc._args = core.loads(d.args)
   return proc

@@ -46,6 +46,41 @@ function class.new(name, getters)
   return setmetatable(cls, { __call = construct })
 end
 
+-- The parent of a class made by extend(), nil for a root class.
+function class.parent(cls)
+  local meta = getmetatable(cls)
+  local parent = meta and meta.__index
+  return type(parent) == "table" and parent or nil
+end
+
+-- A sendable description of `cls`: the name of the nearest class that was
+-- given to mp.register_class, plus what each subclass below it defines
+-- itself. Copied metamethods and the generated __index stay behind: they
+-- may close over module state that cannot be sent.
+function class.describe(cls)
+  local name = debug.getregistry()["luamp.class_names"][cls]
+  if name then return { name = name } end
+  local parent = class.parent(cls)
+  if not parent then error("class.describe: no registered ancestor", 2) end
+  local own = {}
+  for k, v in pairs(cls) do
+    if k ~= "__index" and rawget(parent, k) ~= v then own[k] = v end
+  end
+  return { parent = class.describe(parent), own = own }
+end
+
+-- The inverse of describe(), in the receiving process.
+function class.rebuild(desc)
+  if desc.name then
+    local cls = debug.getregistry()["luamp.classes"][desc.name]
+    if not cls then error(("class %q is not registered here"):format(desc.name), 2) end
+    return cls
+  end
+  local cls = extend(class.rebuild(desc.parent))
+  for k, v in pairs(desc.own) do cls[k] = v end
+  return cls
+end
+
 -- True when `obj` is an instance of `cls` or of one of its subclasses.
 function class.isinstance(obj, cls)
   if type(obj) ~= "table" then return false end

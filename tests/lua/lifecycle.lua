@@ -99,14 +99,14 @@ do -- nothing lost in buffers at exit, also through a pipe and into a file
   local code = [[
     local mp = require("multiprocessing")
     io.write("before ")  -- unflushed when the children start: printed once
-    local ps = {}
+    -- one child at a time: concurrent stdio buffers may split lines
     for i = 1, 3 do
-      ps[i] = mp.Process{target = function(n)
+      local p = mp.Process{target = function(n)
         for j = 1, 2000 do io.write(n, ":", j, "\n") end
       end, args = {i}}
-      ps[i]:start()
+      p:start()
+      p:join()
     end
-    for i = 1, 3 do ps[i]:join() end
     print("after")
   ]]
   local out = run_script(code, "2>&1 | cat")
@@ -167,7 +167,7 @@ do
     mp.sleep(60)
   ]]):format(pidfile, pidfile))
   local env = method ~= "default" and ("LUAMP_START_METHOD=" .. method .. " ") or ""
-  local main_pid = tonumber(T.run(("%s%s %s >/dev/null 2>&1 & echo $!"):format(env, q(LUAMP), q(script))))
+  local main_pid = tonumber((T.run(("%s%s %s >/dev/null 2>&1 & echo $!"):format(env, q(LUAMP), q(script))):match("%d+")))
   local deadline = mp.monotonic() + 20
   local pids = {}
   repeat
