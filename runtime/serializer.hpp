@@ -31,6 +31,15 @@
 
 namespace luamp::ser {
 
+// Registry keys (see above).
+inline constexpr const char* kClassesKey = "luamp.classes";
+inline constexpr const char* kClassNamesKey = "luamp.class_names";
+inline constexpr const char* kHandlesKey = "luamp.handles";
+
+// Nesting budget shared by encoder and decoder: a value deeper than this
+// (tables, metatables, upvalues, globals, handle payloads) is refused.
+inline constexpr int kMaxDepth = 512;
+
 enum class Trust {
   full,       // functions (bytecode) and C functions/modules by name allowed
   data_only,  // any function or module reference raises SerializationError
