@@ -239,6 +239,23 @@ T.checkerr("ValueError", "'bogus'", mp.set_start_method, "bogus", true)
 T.checkerr("RuntimeError", "already", mp.set_start_method, "fork")
 T.checkerr("ValueError", "bogus", mp.get_context, "bogus")
 
+-- -- Unsendable arguments -------------------------------------------------------
+
+do
+  local co = coroutine.create(print)
+  local p = mp.Process{target = function(_, t) return coroutine.status(t.co) end, args = {1, {co = co}}}
+  if mp.get_start_method() == "fork" then
+    p:start(); p:join()  -- a forked child inherits the coroutine
+    T.eq(p.exitcode, 0, "fork passes a coroutine by inheritance")
+  else
+    local err = T.checkerr("SerializationError", "args[2].co", p.start, p)
+    T.check(err.message:find("coroutine", 1, true), "names the type: " .. err.message)
+    T.check(err.message:find("fork", 1, true), "suggests fork: " .. err.message)
+    T.eq(p.pid, nil, "nothing was started")
+    T.eq(#mp.active_children(), 0, "no child left behind")
+  end
+end
+
 -- -- Contexts -----------------------------------------------------------------------
 
 do
