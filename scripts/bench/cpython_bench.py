@@ -575,7 +575,9 @@ def probe_in_fresh_interpreter(method, p):
             "cpython_bench.memory_probe(%r, %d, %r)"
             % (here, method, p["workers"], p["settle_s"]))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=60, check=True)
+                          text=True, timeout=60)
+    if done.returncode != 0:
+        raise RuntimeError(f"{method} probe failed: {done.stderr[-1000:]}")
     return json.loads(done.stdout.splitlines()[-1])
 
 
