@@ -98,23 +98,25 @@ enum Tag : uint8_t {
 
 // Private registry entries are keyed by the address of these variables: a
 // light userdata key costs no string hashing on the hot path.
-char kHelpersSlot;
-char kModMapSlot;
-const char* const kStdEnvKey = "luamp.stdenv";
+char helpers_key;
+char modmap_key;
+const char* const kStdEnvKey = "luamp.stdenv";  // host/interp.hpp fills it
 const char* const kForkHint = " (a child started with the \"fork\" start method inherits it instead)";
 
 // -- Errors -----------------------------------------------------------------
 
-[[noreturn]] void throw_error(const char* prefix, const char* fmt, va_list ap) {
+std::string vformat(const char* fmt, va_list ap) {
   char buf[512];
   vsnprintf(buf, sizeof buf, fmt, ap);
-  throw Error(ErrType::SerializationError, std::string(prefix) + buf);
+  return buf;
 }
 
 [[noreturn, gnu::format(printf, 1, 2)]] void corrupt(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  throw_error("corrupt message: ", fmt, ap);
+  std::string msg = vformat(fmt, ap);
+  va_end(ap);
+  throw Error(ErrType::SerializationError, "corrupt message: " + msg);
 }
 
 [[noreturn]] void truncated() { fail(ErrType::SerializationError, "truncated message"); }
@@ -200,7 +202,7 @@ void set_private(lua_State* L, char* slot) {
 
 // [-0, +1] Pushes the helper function `name`, loading the chunk on first use.
 void push_helper(lua_State* L, const char* name) {
-  push_private(L, &kHelpersSlot);
+  push_private(L, &helpers_key);
   if (!lua_istable(L, -1)) {
     lua_pop(L, 1);
     if (luaL_loadbuffer(L, kHelperSource, sizeof kHelperSource - 1, "=luamp.serializer") != 0)
@@ -210,7 +212,7 @@ void push_helper(lua_State* L, const char* name) {
     else lua_pop(L, 1);
     lua_call(L, 0, 1);
     lua_pushvalue(L, -1);
-    set_private(L, &kHelpersSlot);
+    set_private(L, &helpers_key);
   }
   lua_getfield(L, -1, name);
   lua_remove(L, -2);
@@ -268,7 +270,7 @@ int loaded_newindex(lua_State* L) {
   lua_settop(L, 3);
   lua_rawset(L, 1);
   lua_pushnil(L);
-  set_private(L, &kModMapSlot);
+  set_private(L, &modmap_key);
   return 0;
 }
 
@@ -302,12 +304,12 @@ void push_new_modmap(lua_State* L) {
   }
   lua_pop(L, 1);
   lua_pushvalue(L, map);
-  set_private(L, &kModMapSlot);
+  set_private(L, &modmap_key);
 }
 
 // [-0, +1] Pushes the cached map, building it if needed.
 void push_modmap(lua_State* L) {
-  push_private(L, &kModMapSlot);
+  push_private(L, &modmap_key);
   if (lua_istable(L, -1)) return;
   lua_pop(L, 1);
   push_new_modmap(L);
@@ -980,8 +982,9 @@ void Encoder::unsendable(const char* what, bool inheritable) {
 void Encoder::fail_here(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  std::string prefix = path() + ": ";
-  throw_error(prefix.c_str(), fmt, ap);
+  std::string msg = vformat(fmt, ap);
+  va_end(ap);
+  throw Error(ErrType::SerializationError, path() + ": " + msg);
 }
 
 std::string Encoder::path() const {

@@ -172,6 +172,12 @@ TEST_CASE("tables: array and hash parts, keys of every kind, sharing and cycles"
   CHECK(truth(p.b, "return got[1].b == got[2] and got[2].a == got[1]"));
   send(p, "local t = {} for i = 1, 1000 do t[i] = i * 2 end return t");
   CHECK(truth(p.b, "return #got == 1000 and got[1000] == 2000"));
+  send(p, "local t = {} for i = 1, 300 do t[i] = {i} end "
+          "local u = {} for i = 1, 300 do u[i] = t[301 - i] end return {t, u}");
+  CHECK(truth(p.b, "for i = 1, 300 do if got[1][i] ~= got[2][301 - i] or got[1][i][1] ~= i then "
+                   "return false end end return true"));
+  send(p, "local t = {} for i = 1, 200 do t['k' .. i] = i end return t");  // hash count > 127
+  CHECK(truth(p.b, "local n = 0 for k, v in pairs(got) do n = n + 1 end return n == 200 and got.k200 == 200"));
 }
 
 TEST_CASE("a table sent is a copy taken at encode time") {
