@@ -6,6 +6,8 @@
 //           boost/crc for the bytecode checksum; runtime/errors.
 // Fork-safe: yes. Its caches (helper chunk, reverse map of package.loaded)
 //           live in the lua_State registry, which a fork child inherits.
+//           Side effect: package.loaded gets a __newindex metatable (unless
+//           it has one) that drops the reverse map when a module is added.
 // Errors:   every failure throws luamp::Error(SerializationError); an encode
 //           error names the path of the value ("args[2].co: ..."). Lua
 //           errors raised by user code the serializer calls (__mp_reduce,
