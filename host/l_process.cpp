@@ -75,7 +75,8 @@ int l_popen_sentinel(lua_State* L) {
   return 1;
 }
 
-// popen:close(): releases the sentinel of an ended process
+// popen:close(), and __gc: releases the sentinel of an ended process (a
+// running one stays registered until the exit procedure joins it)
 int l_popen_close(lua_State* L) {
   auto* p = static_cast<Popen*>(luaL_checkudata(L, 1, kPopenMeta));
   proc::release_child(p->pid);
@@ -220,6 +221,8 @@ const luaL_Reg kFuncs[] = {
 
 void register_process(lua_State* L) {
   luaL_newmetatable(L, kPopenMeta);
+  lua_pushcfunction(L, wrap<l_popen_close>);
+  lua_setfield(L, -2, "__gc");
   lua_newtable(L);
   luaL_register(L, nullptr, kPopenMethods);
   lua_setfield(L, -2, "__index");

@@ -124,7 +124,9 @@ struct Client {
   std::unordered_map<pid_t, int> statuses;  // reaped by the server, not yet asked for
 };
 
-Client g_client;
+// Made when the server starts; a new child abandons its parent's copy
+// (see proc's registry for why it is not freed).
+Client* g_client = nullptr;
 
 void close_idle(Idle& i) {
   close(i.chan);
@@ -137,18 +139,18 @@ enum class Rx { message, nothing, gone };
 Rx client_receive(int flags) {
   Msg m;
   int fds[2];
-  int r = recv_msg(g_client.ctrl, &m, fds, flags);
+  int r = recv_msg(g_client->ctrl, &m, fds, flags);
   if (r < 0) return Rx::nothing;
   if (r == 0) return Rx::gone;
   if (m.type == kIdle && fds[0] >= 0 && fds[1] >= 0) {
-    g_client.idle.push_back({m.pid, fds[0], fds[1]});
+    g_client->idle.push_back({m.pid, fds[0], fds[1]});
     return Rx::message;
   }
   if (fds[0] >= 0) close(fds[0]);
   if (fds[1] >= 0) close(fds[1]);
   if (m.type == kStatus) {
     proc::Child* c = proc::find_child(m.pid);
-    if (c && !c->reaped) g_client.statuses[m.pid] = proc::exitcode_from_status(m.status);
+    if (c && !c->reaped) g_client->statuses[m.pid] = proc::exitcode_from_status(m.status);
   }
   return Rx::message;
 }
@@ -248,21 +250,22 @@ void serve_request(Server& s) {
 
 // -- Client ------------------------------------------------------------------
 
-bool running() { return g_client.ctrl >= 0; }
+bool running() { return g_client && g_client->ctrl >= 0; }
 
 void ensure_started(std::string_view config) {
   if (running()) return;
+  if (!g_client) g_client = new Client;
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0) fail_errno("socketpair", errno);
   try {
-    g_client.server = proc::spawn_exe("forkserver", sv[1]);
+    g_client->server = proc::spawn_exe("forkserver", sv[1]);
   } catch (...) {
     close(sv[0]);
     close(sv[1]);
     throw;
   }
   close(sv[1]);
-  g_client.ctrl = sv[0];
+  g_client->ctrl = sv[0];
   if (send(sv[0], config.data(), config.size(), MSG_NOSIGNAL) < 0) {
     int err = errno;
     stop();
@@ -274,56 +277,61 @@ pid_t dispatch(std::string_view payload) {
   if (!running()) fail(ErrType::ProcessError, "the forkserver is not running");
   for (;;) {
     client_drain();
-    while (g_client.idle.empty()) {
+    while (g_client->idle.empty()) {
       if (client_receive(0) == Rx::gone) {
         stop();  // the next start launches a new one
         fail(ErrType::ProcessError, "the forkserver has died");
       }
     }
-    Idle i = g_client.idle.front();
-    g_client.idle.pop_front();
+    Idle i = g_client->idle.front();
+    g_client->idle.pop_front();
     uint64_t len = payload.size();
     if (!write_all(i.chan, &len, sizeof len) || !write_all(i.chan, payload.data(), payload.size())) {
       close_idle(i);  // died while idle (killed from outside): take the next
       continue;
     }
     Msg take{kTake, i.pid, 0};
-    send_msg(g_client.ctrl, take, nullptr, 0, 0);
+    send_msg(g_client->ctrl, take, nullptr, 0, 0);
     proc::add_child(i.pid, i.pidfd, proc::Method::forkserver, i.chan);
     return i.pid;
   }
 }
 
 int await_status(pid_t pid) {
-  for (;;) {
-    auto it = g_client.statuses.find(pid);
-    if (it != g_client.statuses.end()) {
+  while (g_client) {
+    auto it = g_client->statuses.find(pid);
+    if (it != g_client->statuses.end()) {
       int code = it->second;
-      g_client.statuses.erase(it);
+      g_client->statuses.erase(it);
       return code;
     }
     // The server's death killed its children (PR_SET_PDEATHSIG).
-    if (!running() || client_receive(0) == Rx::gone) return -SIGKILL;
+    if (!running() || client_receive(0) == Rx::gone) break;
   }
+  return -SIGKILL;
 }
 
 void stop() {
   if (!running()) return;
-  for (Idle& i : g_client.idle) close_idle(i);
-  g_client.idle.clear();
-  close(g_client.ctrl);
-  g_client.ctrl = -1;
+  for (Idle& i : g_client->idle) close_idle(i);
+  g_client->idle.clear();
+  close(g_client->ctrl);
+  g_client->ctrl = -1;
   int status;
-  while (waitpid(g_client.server, &status, 0) < 0 && errno == EINTR) {
+  while (waitpid(g_client->server, &status, 0) < 0 && errno == EINTR) {
   }
-  g_client.server = -1;
-  g_client.statuses.clear();
+  g_client->server = -1;
+  g_client->statuses.clear();
 }
 
 void forget_in_child() {
-  for (Idle& i : g_client.idle) close_idle(i);
-  if (g_client.ctrl >= 0) close(g_client.ctrl);
-  g_client = Client{};
+  if (!g_client) return;
+  for (const Idle& i : g_client->idle) {
+    close(i.chan);
+    close(i.pidfd);
+  }
+  if (g_client->ctrl >= 0) close(g_client->ctrl);
+  g_client = nullptr;
 }
 
 // -- Server ------------------------------------------------------------------

@@ -27,7 +27,16 @@ namespace luamp::proc {
 
 namespace {
 
-std::unordered_map<pid_t, Child> g_children;
+using Registry = std::unordered_map<pid_t, Child>;
+// Made on first use. A new child abandons its parent's copy instead of
+// clearing it: freeing the nodes would write to (and so copy) heap pages
+// shared with the parent, for nothing.
+Registry* g_children = nullptr;
+
+Registry& registry() {
+  if (!g_children) g_children = new Registry;
+  return *g_children;
+}
 std::string g_executable = "/proc/self/exe";
 bool g_is_child = false;
 int g_exit_report_fd = -1;
@@ -112,14 +121,15 @@ void redirect_stdin_to_devnull() {
 // -- Registry ----------------------------------------------------------------
 
 Child& add_child(pid_t pid, int pidfd, Method method, int chan) {
-  Child& c = g_children[pid];
+  Child& c = registry()[pid];
   c = Child{pid, pidfd, chan, method, false, 0};
   return c;
 }
 
 Child* find_child(pid_t pid) {
-  auto it = g_children.find(pid);
-  return it == g_children.end() ? nullptr : &it->second;
+  if (!g_children) return nullptr;
+  auto it = g_children->find(pid);
+  return it == g_children->end() ? nullptr : &it->second;
 }
 
 void release_child(pid_t pid) {
@@ -129,7 +139,7 @@ void release_child(pid_t pid) {
   if (!c->reaped) return;  // still running: the exit procedure will join it
   close_fd(c->pidfd);
   close_fd(c->chan);
-  g_children.erase(pid);
+  g_children->erase(pid);
 }
 
 // -- Starting ----------------------------------------------------------------
@@ -138,13 +148,15 @@ void init_child(pid_t parent, bool keep_stdin) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(EXIT_FAILURE);  // parent died before prctl
   g_is_child = true;
-  for (auto& [pid, c] : g_children) {
-    close_fd(c.pidfd);
-    close_fd(c.chan);
+  if (g_children) {
+    for (const auto& [pid, c] : *g_children) {
+      if (c.pidfd >= 0) close(c.pidfd);
+      if (c.chan >= 0) close(c.chan);
+    }
+    g_children = nullptr;
   }
-  g_children.clear();
   forkserver::forget_in_child();
-  close_fd(g_exit_report_fd);
+  if (g_exit_report_fd >= 0) close_fd(g_exit_report_fd);
   if (!keep_stdin) redirect_stdin_to_devnull();
 }
 
@@ -276,12 +288,13 @@ int waitpid_exitcode(pid_t pid) {
 }
 
 void reap_raw_children() {
-  for (auto it = g_children.begin(); it != g_children.end();) {
+  if (!g_children) return;
+  for (auto it = g_children->begin(); it != g_children->end();) {
     Child& c = it->second;
     if (c.method == Method::raw) {
       if (!c.reaped) reap_direct(c, 0);
       close_fd(c.pidfd);
-      it = g_children.erase(it);
+      it = g_children->erase(it);
     } else {
       ++it;
     }
