@@ -116,6 +116,9 @@ lua_State* new_interpreter() {
 }
 
 void run_exit_hooks(lua_State* L) {
+  // Nothing at exit needs the collector, and in a forked child a GC cycle
+  // would copy every page it marks.
+  lua_gc(L, LUA_GCSTOP, 0);
   lua_getfield(L, LUA_REGISTRYINDEX, kExitHooksKey);
   if (!lua_istable(L, -1)) {
     lua_pop(L, 1);

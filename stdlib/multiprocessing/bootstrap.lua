@@ -16,10 +16,18 @@ local function traceback(err)
   return debug.traceback(tostring(err), 2)
 end
 
--- Runs `proc` as this process; never returns.
+local function run_target(proc)
+  collectgarbage("restart")
+  return proc:run()
+end
+
+-- Runs `proc` as this process; never returns. The collector stays stopped
+-- until the target runs: tracing the inherited heap during set-up would
+-- write to, and so copy, every page shared with the parent.
 function M.run(proc, parent_pid, parent_name, authkey)
+  collectgarbage("stop")
   process.become_child(proc, parent_pid, parent_name, authkey)
-  local ok, err = xpcall(function() return proc:run() end, traceback)
+  local ok, err = xpcall(run_target, traceback, proc)
   if not ok then
     io.stderr:write("Process ", tostring(proc.name), ":\n", err, "\n")
   end
@@ -28,6 +36,7 @@ end
 
 -- Start method "fork", in the new child.
 function M.run_forked(proc)
+  collectgarbage("stop")
   local parent_name = process.current_process().name
   util.run_after_fork()
   M.run(proc, core.getppid(), parent_name)

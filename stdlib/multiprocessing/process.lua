@@ -22,7 +22,8 @@ local DAEMON_GRACE = 2.0  -- seconds a terminated daemon gets before SIGKILL at 
 local M = {}
 
 local current          -- the Process object of this process
-local parent           -- ParentProcess, nil in the main process
+local parent           -- ParentProcess, made on first use in a child
+local parent_pid, parent_name
 local children = {}    -- started child -> true, until found ended
 local counter = 0      -- numbers this process's children: Process-N
 local authkey = core.urandom(32)
@@ -183,12 +184,23 @@ end
 
 -- -- The parent, seen from a child -------------------------------------------
 
-local ParentProcess = class.new("ParentProcess", { ident = function(self) return self.pid end })
+local parent_getters = { ident = function(self) return self.pid end }
+
+-- A pidfd, opened on first use (nil once the parent is gone).
+function parent_getters.sentinel(self)
+  local fd = rawget(self, "_sentinel")
+  if fd == nil then
+    fd = core.pidfd_open(self.pid) or false
+    self._sentinel = fd
+  end
+  return fd or nil
+end
+
+local ParentProcess = class.new("ParentProcess", parent_getters)
 ParentProcess.__mp_unsendable = "ParentProcess"
 
 function ParentProcess:init(pid, name)
   self.pid, self.name, self.daemon = pid, name, false
-  self.sentinel = core.pidfd_open(pid)
 end
 
 function ParentProcess:is_alive()
@@ -202,7 +214,10 @@ end
 -- -- Module functions ---------------------------------------------------------
 
 function M.current_process() return current end
-function M.parent_process() return parent end
+function M.parent_process()
+  if parent == nil and parent_pid then parent = ParentProcess(parent_pid, parent_name) end
+  return parent
+end
 function M.authkey() return authkey end
 
 -- Forgets children that have ended (reaping them).
@@ -228,19 +243,24 @@ function M.fork()
 end
 
 -- In a new child (any start method): `proc` becomes the current process.
-function M.become_child(proc, parent_pid, parent_name, key)
+function M.become_child(proc, ppid, pname, key)
   current = proc
   proc._pid = core.getpid()
   proc._popen = nil
-  children, counter = {}, 0
+  counter = 0
+  if next(children) ~= nil then children = {} end
   if key then authkey = key end
-  parent = ParentProcess(parent_pid, parent_name)
+  parent, parent_pid, parent_name = nil, ppid, pname
 end
 
-util.register_after_fork(function() children = {} end)
+util.register_after_fork(function()
+  if next(children) ~= nil then children = {} end
+end)
 
 -- At exit, as Python does: terminate daemonic children, join the others.
 local function join_children()
+  core.reap_raw_children()
+  if next(children) == nil then return end
   local daemons = {}
   for _, p in ipairs(M.active_children()) do
     if p.daemon then
@@ -255,7 +275,6 @@ local function join_children()
     p:join(DAEMON_GRACE)
     if p.exitcode == nil then p:kill(); p:join() end
   end
-  core.reap_raw_children()
 end
 
 util.at_exit(join_children)

@@ -37,7 +37,7 @@ function util.cancel(key)
 end
 
 function util.run_after_fork()
-  finalizers, finalizer_order = {}, {}
+  if #finalizer_order > 0 then finalizers, finalizer_order = {}, {} end
   for i = 1, #after_fork_fns do after_fork_fns[i]() end
 end
 
@@ -53,7 +53,6 @@ local function run_exit_functions()
       if not ok then report(err) end
     end
   end
-  finalizers, finalizer_order = {}, {}
   for i = 1, #exit_fns do
     local ok, err = pcall(exit_fns[i])
     if not ok then report(err) end
