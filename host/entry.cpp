@@ -60,11 +60,17 @@ int spawned_child_main(pid_t parent) {
   return call_bootstrap(L, "run_payload", payload);
 }
 
+lua_State* g_server_state = nullptr;
+
+// A new idle child goes through what a payload needs, on a sample: the
+// pages it writes are copied now, not when the work arrives.
+void warm_up() { call_bootstrap(g_server_state, "warm_up", std::string()); }
+
 int forkserver_main(pid_t parent) {
   proc::init_child(parent);
-  lua_State* L = new_interpreter();
+  lua_State* L = g_server_state = new_interpreter();
   int idle_target = call_bootstrap(L, "forkserver_init", forkserver::read_config(kPayloadFd));
-  std::string payload = forkserver::serve(kPayloadFd, idle_target > 0 ? idle_target : 2);
+  std::string payload = forkserver::serve(kPayloadFd, idle_target > 0 ? idle_target : 2, warm_up);
   return call_bootstrap(L, "run_payload", payload);
 }
 

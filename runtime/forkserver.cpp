@@ -165,6 +165,7 @@ void client_drain() {
 struct Server {
   int ctrl;
   int sigfd;
+  void (*warm_up)();
   sigset_t old_mask;
   std::unordered_set<pid_t> idle;
   std::deque<Msg> outbox;  // STATUS messages the client has not taken yet
@@ -198,6 +199,7 @@ pid_t make_idle_child(Server& s, std::string* payload) {
     close(sv[0]);
     sigprocmask(SIG_SETMASK, &s.old_mask, nullptr);
     proc::init_child(server);
+    s.warm_up();
     *payload = idle_child_wait(sv[1]);
     return 0;
   }
@@ -348,9 +350,10 @@ std::string read_config(int ctrl) {
   }
 }
 
-std::string serve(int ctrl, int idle_target) {
+std::string serve(int ctrl, int idle_target, void (*warm_up)()) {
   Server s;
   s.ctrl = ctrl;
+  s.warm_up = warm_up;
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);

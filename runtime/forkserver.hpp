@@ -47,7 +47,8 @@ void forget_in_child();
 std::string read_config(int ctrl);
 // Runs the server loop on `ctrl`. Returns only in an idle child that was
 // handed work: the payload it must run. The server itself exits when the
-// client closes the control socket.
-std::string serve(int ctrl, int idle_target);
+// client closes the control socket. Each new idle child calls `warm_up`
+// before it waits: work it can do in advance is off the critical path.
+std::string serve(int ctrl, int idle_target, void (*warm_up)());
 
 }  // namespace luamp::forkserver

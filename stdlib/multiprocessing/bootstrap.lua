@@ -73,6 +73,7 @@ end
 
 -- Spawned and forkserver children: decode the payload and run it.
 function M.run_payload(bytes)
+  collectgarbage("stop")
   local d = core.loads(bytes, true)
   package.path, package.cpath = d.path, d.cpath
   require("multiprocessing").set_start_method(d.method, true)
@@ -82,6 +83,16 @@ function M.run_payload(bytes)
     core.exit(1)
   end
   M.run(proc, d.parent_pid, d.parent_name, d.authkey)
+end
+
+local sample  -- in the forkserver: a payload like those its children get
+
+-- In a new idle forkserver child: decode the sample as a real payload would
+-- be decoded, without running it.
+function M.warm_up()
+  local d = core.loads(sample, true)
+  decode_process(d)
+  return 0
 end
 
 -- The forkserver's warm-up: paths, the multiprocessing library and the
@@ -98,6 +109,10 @@ function M.forkserver_init(bytes)
     end
   end
   io.stderr:flush()
+  sample = M.payload(process.Process{ target = function() end, args = { 1 } }, "forkserver")
+  -- The server runs no Lua from here on; its children inherit a stopped
+  -- collector (see M.run) and restart it when their target runs.
+  collectgarbage("stop")
   return c.idle
 end
 
