@@ -43,6 +43,12 @@ proc::Child& check_child(lua_State* L) {
   return *c;
 }
 
+std::string_view check_bytes(lua_State* L, int idx) {
+  size_t len;
+  const char* s = luaL_checklstring(L, idx, &len);
+  return std::string_view(s, len);
+}
+
 void push_code(lua_State* L, std::optional<int> code) {
   if (code) lua_pushinteger(L, *code);
   else lua_pushnil(L);
@@ -111,16 +117,12 @@ int l_core_start_fork(lua_State* L) {
 
 // core.start_spawn(payload) -> popen, pid
 int l_core_start_spawn(lua_State* L) {
-  size_t len;
-  const char* payload = luaL_checklstring(L, 1, &len);
-  return push_started(L, proc::spawn_child(std::string_view(payload, len)));
+  return push_started(L, proc::spawn_child(check_bytes(L, 1)));
 }
 
 // core.forkserver_start(config): starts this process's forkserver if needed
 int l_core_forkserver_start(lua_State* L) {
-  size_t len;
-  const char* config = luaL_checklstring(L, 1, &len);
-  forkserver::ensure_started(std::string_view(config, len));
+  forkserver::ensure_started(check_bytes(L, 1));
   return 0;
 }
 
@@ -136,9 +138,7 @@ int l_core_forkserver_stop(lua_State*) {
 
 // core.start_forkserver(payload) -> popen, pid
 int l_core_start_forkserver(lua_State* L) {
-  size_t len;
-  const char* payload = luaL_checklstring(L, 1, &len);
-  return push_started(L, forkserver::dispatch(std::string_view(payload, len)));
+  return push_started(L, forkserver::dispatch(check_bytes(L, 1)));
 }
 
 // core.set_executable(path)
