@@ -38,7 +38,19 @@ Registry& registry() {
   if (!g_children) g_children = new Registry;
   return *g_children;
 }
-std::string g_executable = "/proc/self/exe";
+std::string g_executable;  // empty: this process's own executable
+
+// The resolved path, so that children show as "luamp" in ps, not "exe".
+const std::string& executable() {
+  if (g_executable.empty()) {
+    char buf[4096];
+    ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    std::string path = n > 0 ? std::string(buf, static_cast<size_t>(n)) : "";
+    bool usable = !path.empty() && !path.ends_with(" (deleted)");  // replaced since we started
+    g_executable = usable ? path : "/proc/self/exe";
+  }
+  return g_executable;
+}
 bool g_is_child = false;
 int g_exit_report_fd = -1;
 
@@ -214,10 +226,10 @@ pid_t spawn_exe(std::string_view role, int fd) {
   std::string parent = std::to_string(getpid());
   char* argv[] = {const_cast<char*>("luamp"), flag.data(), parent.data(), nullptr};
   pid_t pid;
-  int err = posix_spawn(&pid, g_executable.c_str(), &fa, &attr, argv, environ);
+  int err = posix_spawn(&pid, executable().c_str(), &fa, &attr, argv, environ);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
-  if (err != 0) fail_errno(("cannot start " + g_executable).c_str(), err);
+  if (err != 0) fail_errno(("cannot start " + executable()).c_str(), err);
   return pid;
 }
 

@@ -30,15 +30,23 @@ local function config()
   return core.dumps({ path = package.path, cpath = package.cpath, preload = preload, idle = IDLE_CHILDREN })
 end
 
+local function ensure_server()
+  if core.forkserver_running() then return end
+  core.forkserver_start(config())
+  if not stop_registered then
+    util.at_exit(core.forkserver_stop)
+    stop_registered = true
+  end
+end
+
+-- A server that died (killed from outside) is replaced once, transparently.
 function M.start(proc)
   local payload = bootstrap.payload(proc, "forkserver")
-  if not core.forkserver_running() then
-    core.forkserver_start(config())
-    if not stop_registered then
-      util.at_exit(core.forkserver_stop)
-      stop_registered = true
-    end
-  end
+  ensure_server()
+  local ok, popen, pid = pcall(core.start_forkserver, payload)
+  if ok then return popen, pid end
+  if core.forkserver_running() then error(popen, 0) end
+  ensure_server()
   return core.start_forkserver(payload)
 end
 

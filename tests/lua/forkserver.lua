@@ -1,0 +1,74 @@
+-- luamp-test: once
+-- forkserver.lua — what is particular to the "forkserver" start method:
+-- preloaded modules in the warm image, a preload that fails, the parent's
+-- package.path in children, idle children kept ready, and a server killed
+-- from outside being replaced.
+local T = require("testlib")
+local mp = T.setup()
+mp.set_start_method("forkserver", true)
+
+local TMP = T.run("mktemp -d"):gsub("%s+$", "")
+local function write_file(path, text)
+  local f = assert(io.open(path, "wb")); f:write(text); f:close()
+end
+
+write_file(TMP .. "/warm_mod.lua", "WARM_LOADS = (WARM_LOADS or 0) + 1\nreturn { loaded_in = require('luamp.core').getpid() }\n")
+package.path = TMP .. "/?.lua;" .. package.path
+
+-- Runs fn in a forkserver child; returns its exit code.
+local function child_code(fn, ...)
+  local p = mp.Process{target = fn, args = {...}}
+  p:start(); p:join()
+  return p.exitcode
+end
+
+-- -- Preload -------------------------------------------------------------------
+
+T.checkerr("TypeError", "table", mp.set_forkserver_preload, "warm_mod")
+mp.set_forkserver_preload({"warm_mod", "no_such_module_xyz"})
+T.eq(child_code(function()
+  -- loaded by the server (another pid), before this child existed
+  local m = package.loaded.warm_mod
+  if not m or m.loaded_in == mp.getpid() then os.exit(3) end
+  os.exit(0)
+end), 0, "a preloaded module is already in the warm image")
+
+T.eq(child_code(function(path)
+  if not package.path:find(path, 1, true) then os.exit(4) end
+  return require("warm_mod")
+end, TMP), 0, "children get the parent's package.path")
+
+-- -- Idle children -------------------------------------------------------------
+
+-- The luamp processes whose parent is `pid`.
+local function descendants_of(pid)
+  local out = T.run("ps -e -o pid=,ppid=,comm=")
+  local kids = {}
+  for p, pp, comm in out:gmatch("(%d+)%s+(%d+)%s+(%S+)") do
+    if tonumber(pp) == pid and comm == "luamp" then kids[#kids + 1] = tonumber(p) end
+  end
+  return kids
+end
+
+local servers = descendants_of(mp.getpid())
+T.eq(#servers, 1, "one forkserver")
+local server = servers[1]
+local idle
+for _ = 1, 100 do
+  idle = descendants_of(server)
+  if #idle >= 2 then break end
+  mp.sleep(0.02)
+end
+T.check(#idle >= 2, "the server keeps idle children ready: " .. #idle)
+
+-- -- A server killed from outside is replaced -----------------------------------
+
+os.execute("kill -9 " .. server)
+mp.sleep(0.2)
+T.eq(child_code(os.exit, 6), 6, "a process starts after the server was killed")
+local now = descendants_of(mp.getpid())
+T.eq(#now, 1, "a new server")
+T.check(now[1] ~= server, "it is a different process")
+
+os.execute("rm -rf '" .. TMP .. "'")
+T.done()
