@@ -25,6 +25,15 @@ local current          -- the Process object of this process
 local parent           -- ParentProcess, made on first use in a child
 local parent_pid, parent_name
 local children = {}    -- started child -> true, until found ended
+local nchildren = 0    -- entries in `children`
+local sweep_at = 16    -- start() reaps ended children when nchildren reaches this
+
+local function forget(p)
+  if children[p] then
+    children[p] = nil
+    nchildren = nchildren - 1
+  end
+end
 local counter = 0      -- numbers this process's children: Process-N
 local authkey = core.urandom(32)
 
@@ -124,16 +133,22 @@ function Process:start()
   if self._parent_pid ~= core.getpid() then
     raise("ProcessError", "Process:start: can only start a process object created by the current process")
   end
-  M.cleanup()
+  if nchildren >= sweep_at then
+    -- Amortised: polling every child on every start would make starting n
+    -- processes cost n^2/2 polls (CPython does that).
+    M.cleanup()
+    sweep_at = math.max(16, 2 * nchildren)
+  end
   local context = require("multiprocessing.context")
   local method = self._start_method or context.get_start_method()
   self._popen, self._pid = context.popen(method)(self)
   children[self] = true
+  nchildren = nchildren + 1
 end
 
 function Process:join(timeout)
   local popen = started(self, "join", "join")
-  if popen:wait(timeout) ~= nil then children[self] = nil end
+  if popen:wait(timeout) ~= nil then forget(self) end
 end
 
 function Process:is_alive()
@@ -142,7 +157,7 @@ function Process:is_alive()
   local popen = rawget(self, "_popen")
   if not popen then return false end
   if popen:poll() == nil then return true end
-  children[self] = nil
+  forget(self)
   return false
 end
 
@@ -164,7 +179,7 @@ function Process:close()
     end
     self._exitcode, self._sentinel = code, popen:sentinel()
     popen:close()
-    children[self] = nil
+    forget(self)
   end
   self._closed = true
 end
@@ -223,7 +238,7 @@ function M.authkey() return authkey end
 -- Forgets children that have ended (reaping them).
 function M.cleanup()
   for p in pairs(children) do
-    if p._popen:poll() ~= nil then children[p] = nil end
+    if p._popen:poll() ~= nil then forget(p) end
   end
 end
 
@@ -248,13 +263,13 @@ function M.become_child(proc, ppid, pname, key)
   proc._pid = core.getpid()
   proc._popen = nil
   counter = 0
-  if next(children) ~= nil then children = {} end
+  if next(children) ~= nil then children, nchildren = {}, 0 end
   if key then authkey = key end
   parent, parent_pid, parent_name = nil, ppid, pname
 end
 
 util.register_after_fork(function()
-  if next(children) ~= nil then children = {} end
+  if next(children) ~= nil then children, nchildren = {}, 0 end
 end)
 
 -- At exit, as Python does: terminate daemonic children, join the others.
