@@ -106,8 +106,18 @@ void collect(Child& c) {
 // How long a waiter polls before it sleeps. Waking a sleeping process on a
 // VM costs 50-150 us when its vCPU has gone idle, more than a short child
 // takes to finish; sched_yield() between polls hands the CPU to anything
-// runnable, so the spin steals nothing from the child it waits for.
+// runnable. With a single usable CPU the child needs that very CPU, so the
+// waiter sleeps at once.
 constexpr double kSpinSeconds = 300e-6;
+
+double spin_budget() {
+  static const double budget = [] {
+    cpu_set_t set;
+    bool several = sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 1;
+    return several ? kSpinSeconds : 0.0;
+  }();
+  return budget;
+}
 
 bool spin_readable(int fd, double budget) {
   double until = now_monotonic() + budget;
@@ -120,7 +130,8 @@ bool spin_readable(int fd, double budget) {
 }
 
 bool wait_readable(int fd, double timeout) {
-  if (timeout != 0 && spin_readable(fd, timeout < 0 || timeout > kSpinSeconds ? kSpinSeconds : timeout))
+  double spin = spin_budget();
+  if (timeout != 0 && spin > 0 && spin_readable(fd, timeout < 0 || timeout > spin ? spin : timeout))
     return true;
   double deadline = timeout < 0 ? 0 : now_monotonic() + timeout;
   for (;;) {
