@@ -42,46 +42,64 @@ function M.run_forked(proc)
   M.run(proc, core.getppid(), parent_name)
 end
 
--- The serialized form of `proc` for spawn and forkserver children. Target,
--- args and the object's own fields are encoded separately so that an
--- unsendable value is reported as `args[2].co` rather than deep in a wrapper.
-function M.payload(proc, method)
+local function state_of(proc)
   local fields = {}
   for k, v in pairs(proc) do
     if k ~= "_target" and k ~= "_args" and k ~= "_popen" then fields[k] = v end
   end
-  return core.dumps({
-    path = package.path,
-    cpath = package.cpath,
+  return { class = class.describe(getmetatable(proc)), fields = fields }
+end
+
+-- Encodes target, args and state apart, only to name the path of an
+-- unsendable value the way SPEC.md shows it (`args[2].co`).
+local function report_unsendable(proc, state)
+  core.dumps(proc._target, "target")
+  core.dumps(proc._args, "args")
+  core.dumps(state, "process")
+end
+
+-- The serialized form of `proc` for spawn and forkserver children. The
+-- module paths come first, in a message of their own: decoding the rest may
+-- `require` modules found through them.
+function M.payload(proc, method)
+  local state = state_of(proc)
+  local ok, bytes = pcall(core.dumps, {
     method = method,
     authkey = process.authkey(),
     parent_pid = core.getpid(),
     parent_name = process.current_process().name,
-    target = core.dumps(proc._target, "target"),
-    args = core.dumps(proc._args, "args"),
-    state = core.dumps({ class = class.describe(getmetatable(proc)), fields = fields }, "process"),
+    target = proc._target,
+    args = proc._args,
+    state = state,
   })
+  if not ok then
+    report_unsendable(proc, state)
+    error(bytes, 0)
+  end
+  return core.dumps({ path = package.path, cpath = package.cpath, data = bytes })
 end
 
-local function decode_process(d)
-  local state = core.loads(d.state)
+-- Returns the decoded message and the Process object it describes.
+local function decode_process(data)
+  local d = core.loads(data)
+  local state = d.state
   local proc = setmetatable(state.fields, class.rebuild(state.class))
-  proc._target = core.loads(d.target)
-  proc._args = core.loads(d.args)
-  return proc
+  proc._target, proc._args = d.target, d.args
+  return d, proc
 end
 
 -- Spawned and forkserver children: decode the payload and run it.
 function M.run_payload(bytes)
   collectgarbage("stop")
-  local d = core.loads(bytes, true)
-  package.path, package.cpath = d.path, d.cpath
-  require("multiprocessing").set_start_method(d.method, true)
-  local ok, proc = xpcall(decode_process, traceback, d)
+  local mp = require("multiprocessing")  -- registers the classes decoding needs
+  local outer = core.loads(bytes, true)
+  package.path, package.cpath = outer.path, outer.cpath
+  local ok, d, proc = xpcall(decode_process, traceback, outer.data)
   if not ok then
-    io.stderr:write("luamp: cannot start the process: ", proc, "\n")
+    io.stderr:write("luamp: cannot start the process: ", d, "\n")
     core.exit(1)
   end
+  mp.set_start_method(d.method, true)
   M.run(proc, d.parent_pid, d.parent_name, d.authkey)
 end
 
@@ -90,8 +108,7 @@ local sample  -- in the forkserver: a payload like those its children get
 -- In a new idle forkserver child: decode the sample as a real payload would
 -- be decoded, without running it.
 function M.warm_up()
-  local d = core.loads(sample, true)
-  decode_process(d)
+  decode_process(core.loads(sample, true).data)
   return 0
 end
 
