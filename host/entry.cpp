@@ -1,7 +1,7 @@
 // entry.cpp — `luamp --luamp-spawn PPID` and `luamp --luamp-forkserver PPID`:
 // the C++ side of a child that does not start as a fork of its parent. The
-// payload (or the configuration) arrives on fd 3; the Lua side of the
-// protocol is stdlib/multiprocessing/bootstrap.lua.
+// payload (or the configuration) arrives on fd 3, the shared arena on fd 4;
+// the Lua side of the protocol is stdlib/multiprocessing/bootstrap.lua.
 #include "entry.hpp"
 
 #include <unistd.h>
@@ -14,6 +14,7 @@
 #include "../runtime/errors.hpp"
 #include "../runtime/forkserver.hpp"
 #include "../runtime/process.hpp"
+#include "../runtime/shm.hpp"
 #include "interp.hpp"
 
 namespace luamp {
@@ -79,6 +80,7 @@ int forkserver_main(pid_t parent) {
 int internal_main(int argc, char** argv) {
   pid_t parent = argc >= 3 ? static_cast<pid_t>(atoi(argv[2])) : 0;
   try {
+    shm::adopt(shm::kInheritedFd);
     if (strcmp(argv[1], "--luamp-spawn") == 0) return spawned_child_main(parent);
     if (strcmp(argv[1], "--luamp-forkserver") == 0) return forkserver_main(parent);
   } catch (const std::exception& e) {

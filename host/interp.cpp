@@ -154,5 +154,6 @@ extern "C" int luaopen_luamp_core(lua_State* L) {
   luamp::register_core(L);
   luamp::register_serial(L);
   luamp::register_process(L);
+  luamp::register_shm(L);
   return 1;
 }

@@ -21,6 +21,7 @@
 
 #include "errors.hpp"
 #include "forkserver.hpp"
+#include "shm.hpp"
 
 extern char** environ;
 
@@ -203,6 +204,7 @@ void init_child(pid_t parent, bool keep_stdin) {
 bool is_child() { return g_is_child; }
 
 pid_t fork_child(Method method) {
+  shm::ensure();  // parent and child share one arena from here on
   fflush(nullptr);
   pid_t parent = getpid();
   pid_t pid = fork();
@@ -218,12 +220,14 @@ pid_t fork_child(Method method) {
 void set_executable(std::string_view path) { g_executable = path; }
 
 pid_t spawn_exe(std::string_view role, int fd) {
+  shm::ensure();
   fflush(nullptr);
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t attr;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, fd, 3);
-  posix_spawn_file_actions_addclosefrom_np(&fa, 4);
+  posix_spawn_file_actions_adddup2(&fa, shm::fd(), shm::kInheritedFd);
+  posix_spawn_file_actions_addclosefrom_np(&fa, shm::kInheritedFd + 1);
   posix_spawnattr_init(&attr);
   sigset_t none, all;
   sigemptyset(&none);

@@ -52,8 +52,9 @@ void release_child(pid_t pid);
 pid_t fork_child(Method method);
 
 // Starts a fresh luamp executable as `exe --luamp-<role> <parent-pid>` with
-// `fd` as its fd 3 and every other fd but 0-2 closed; returns its pid (not
-// registered). The executable defaults to /proc/self/exe.
+// `fd` as its fd 3, the shared arena as its fd 4 (shm::kInheritedFd) and
+// every other fd but 0-2 closed; returns its pid (not registered). The
+// executable defaults to this process's own.
 pid_t spawn_exe(std::string_view role, int fd);
 // Start method "spawn": spawn_exe("spawn") with `payload` readable on its
 // fd 3 (then EOF); returns its pid, registered as Method::spawn.

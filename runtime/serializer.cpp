@@ -175,10 +175,16 @@ function H.globals(f)
   return names
 end
 
--- 1 for int64_t, 2 for uint64_t; else 0 and the ctype's name.
+-- 1 for int64_t, 2 for uint64_t, 3 and its reducer for a ctype registered
+-- in registry["luamp.cdata_reduce"] (ctype id -> function(obj) -> typename,
+-- payload: luamp objects that are cdata); else 0 and the ctype's name.
+local registry = debug.getregistry()
 function H.cdata_kind(x)
   if istype(i64, x) then return 1 end
   if istype(u64, x) then return 2 end
+  local reducers = registry["luamp.cdata_reduce"]
+  local reduce = reducers and reducers[tonumber(typeof(x))]
+  if reduce then return 3, reduce end
   return 0, tostring(typeof(x))
 end
 
@@ -964,8 +970,13 @@ void Encoder::userdata(int u) {
 void Encoder::cdata(int c) {
   push_helper(L_, "cdata_kind");
   lua_pushvalue(L_, c);
-  lua_call(L_, 1, 2);  // stack: kind, ctype name
+  lua_call(L_, 1, 2);  // stack: kind, ctype name or reducer
   lua_Integer kind = lua_tointeger(L_, -2);
+  if (kind == 3) {
+    if (!emit_ref(c)) handle(c, lua_gettop(L_));
+    lua_pop(L_, 2);
+    return;
+  }
   if (kind == 0) {
     std::string what = std::string("a cdata (") + lua_tostring(L_, -1) + ")";
     unsendable(what.c_str(), true);

@@ -23,6 +23,9 @@
 //    registry["luamp.handles"][typename](payload) to rebuild them.
 //  - A metatable field `__mp_unsendable` (a string such as "Pool") makes its
 //    objects raise SerializationError ("... cannot send a Pool").
+//  - registry["luamp.cdata_reduce"][ctype id] = function(obj) -> typename,
+//    payload does for FFI cdata (whose metatable Lua code cannot see) what
+//    `__mp_reduce` does for tables and userdata.
 #pragma once
 #include <lua.hpp>
 
@@ -35,6 +38,7 @@ namespace luamp::ser {
 inline constexpr const char* kClassesKey = "luamp.classes";
 inline constexpr const char* kClassNamesKey = "luamp.class_names";
 inline constexpr const char* kHandlesKey = "luamp.handles";
+inline constexpr const char* kCdataReduceKey = "luamp.cdata_reduce";
 
 // Nesting budget shared by encoder and decoder: a value deeper than this
 // (tables, metatables, upvalues, globals, handle payloads) is refused.

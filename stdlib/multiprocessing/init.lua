@@ -44,6 +44,52 @@ mp.dumps = core.dumps
 mp.loads = core.loads
 mp.register_class = core.register_class
 
+-- Synchronisation and shared memory are loaded on first use (their FFI
+-- declarations would add ~0.2 ms to every start); so are the handles that
+-- bring their objects into a process that has not used them yet.
+local LAZY = {
+  ["multiprocessing.synchronize"] = {
+    names = { "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Condition", "Barrier" },
+    handles = { "Lock", "RLock", "Semaphore", "BoundedSemaphore", "Event", "Condition", "Barrier" },
+  },
+  ["multiprocessing.sharedctypes"] = {
+    names = { "Value", "RawValue", "Array", "RawArray" },
+    handles = {},
+  },
+}
+for _, code in ipairs({ "b", "B", "h", "H", "i", "I", "l", "L", "q", "Q", "f", "d", "c", "bool" }) do
+  local h = LAZY["multiprocessing.sharedctypes"].handles
+  h[#h + 1] = "Value_" .. code
+  h[#h + 1] = "Array_" .. code
+end
+
+local lazy_field = {}
+local registry = debug.getregistry()
+registry["luamp.handles"] = registry["luamp.handles"] or {}
+local handles = registry["luamp.handles"]
+for module, spec in pairs(LAZY) do
+  for _, name in ipairs(spec.names) do lazy_field[name] = module end
+  for _, name in ipairs(spec.handles) do
+    local function stub(payload)
+      require(module)
+      local real = handles[name]
+      if real == stub then core.error("SerializationError", "no handle type " .. name) end
+      return real(payload)
+    end
+    handles[name] = handles[name] or stub
+  end
+end
+
+setmetatable(mp, {
+  __index = function(t, k)
+    local module = lazy_field[k]
+    if module == nil then return nil end
+    local v = require(module)[k]
+    rawset(t, k, v)
+    return v
+  end,
+})
+
 context.bind(mp)
 core.register_class("multiprocessing.Process", process.Process)
 
