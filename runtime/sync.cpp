@@ -22,9 +22,10 @@
 //           and its deadline.
 //
 // A process that dies is noticed by the processes waiting on it, never by
-// the kernel: a waiter checks the pid it waits on every kCheckSlice of
-// sleep. Pids are at most 22 bits (PID_MAX_LIMIT), which leaves room for
-// flags and counts in the same word.
+// the kernel: a waiter checks the pid it waits on every kCheckSliceNs of
+// sleep (a holder's pid reused by a new process before anyone looked would
+// pass for alive: a window of one pid_max wrap-around). Pids are at most 22
+// bits (PID_MAX_LIMIT), which leaves room for flags and counts in a word.
 #include "sync.h"
 
 #include <linux/futex.h>
@@ -64,6 +65,11 @@ T load(const T* p) {
 template <typename T>
 void store(T* p, T v) {
   __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
+}
+// For a word only its owner writes (an RLock's depth), published to the
+// next owner by the exchange/CAS on the owner word: a plain mov on x86.
+void store_owned(u32* p, u32 v) {
+  __atomic_store_n(p, v, __ATOMIC_RELEASE);
 }
 // On failure `expected` receives the current value, as compare_exchange does.
 template <typename T>
@@ -195,8 +201,8 @@ bool owner_try(u32* w, u32 me) {
   return cas(w, expected, me);
 }
 
-// Takes a word that is free now or whose holder has died; `flags` are kept
-// on a take-over (other waiters may sleep).
+// Takes a word that is free now (marked with `flags`: kWaiters from a
+// waiter that slept) or whose holder has died (keeping its kWaiters).
 bool owner_take_or_recover(u32* w, u32 me, u32 flags) {
   u32 v = load(w);
   if (v == 0) return cas(w, v, me | flags);
@@ -309,19 +315,11 @@ bool sem_try(Sem* s) {
 
 int sem_sleep(Sem* s, int64_t deadline) {
   __atomic_fetch_add(&s->sleepers, 1u, __ATOMIC_SEQ_CST);
-  int r;
-  for (;;) {
-    if (sem_try(s)) {
-      r = LUAMP_OK;
-      break;
-    }
-    if (!futex_wait(&s->value, 0, deadline)) {
-      r = sem_try(s) ? LUAMP_OK : LUAMP_TIMEOUT;
-      break;
-    }
-  }
+  bool got = sem_try(s);
+  while (!got && futex_wait(&s->value, 0, deadline)) got = sem_try(s);
+  got = got || sem_try(s);  // a unit released as the deadline passed is not lost
   __atomic_fetch_sub(&s->sleepers, 1u, __ATOMIC_SEQ_CST);
-  return r;
+  return got ? LUAMP_OK : LUAMP_TIMEOUT;
 }
 
 // -- Event -----------------------------------------------------------------------------
@@ -441,7 +439,7 @@ u32 cond_unlock(void* lock, int kind) {
   if (kind == 1) {
     RLock* r = as<RLock>(lock);
     depth = load(&r->count);
-    store(&r->count, 0u);
+    store_owned(&r->count, 0u);
   }
   owner_release(static_cast<u32*>(lock));
   return depth;
@@ -449,7 +447,7 @@ u32 cond_unlock(void* lock, int kind) {
 
 void cond_relock(void* lock, int kind, u32 depth) {
   owner_acquire(static_cast<u32*>(lock), 1, -1);
-  if (kind == 1) store(&as<RLock>(lock)->count, depth);
+  if (kind == 1) store_owned(&as<RLock>(lock)->count, depth);
 }
 
 // -- Barrier -----------------------------------------------------------------------------
@@ -505,8 +503,8 @@ bool bar_released(u64 st, u32 gen) {
   return !((bar_low(st) >> (kBarHistShift + ago - 1)) & 1);
 }
 
-// Replaces the state by `next` (computed from the current one, or nullopt
-// to leave it) and wakes all sleepers if the futex word changed.
+// Replaces the state by next_of(state, &change) unless that sets change to
+// false; then wakes every sleeper, if any.
 template <typename F>
 void bar_update(Barrier* b, F next_of) {
   u64 st = load(&b->state);
@@ -561,6 +559,7 @@ int bar_await(Barrier* b, u32 gen, u32 pred, int64_t deadline) {
 }  // namespace
 
 // == The C ABI =============================================================================
+// Throws: nothing, everywhere. "When the peer dies" is stated per object.
 
 extern "C" {
 
@@ -613,11 +612,11 @@ int luamp_rlock_acquire(void* rlock, int block, double timeout) {
   if (owner_of(&r->word) == self_pid()) {
     u32 depth = load(&r->count);
     if (depth >= INT_MAX) return LUAMP_EOVERFLOW;
-    store(&r->count, depth + 1);
+    store_owned(&r->count, depth + 1);
     return LUAMP_OK;
   }
   int rc = owner_acquire(&r->word, block, timeout);
-  if (rc == LUAMP_OK) store(&r->count, 1u);
+  if (rc == LUAMP_OK) store_owned(&r->count, 1u);
   return rc;
 }
 
@@ -626,7 +625,7 @@ int luamp_rlock_release(void* rlock) {
   if (owner_of(&r->word) != self_pid()) return LUAMP_ENOTOWNER;
   u32 depth = load(&r->count);
   if (depth == 0) return LUAMP_ENOTLOCKED;
-  store(&r->count, depth - 1);
+  store_owned(&r->count, depth - 1);
   return depth > 1 ? LUAMP_OK : owner_release(&r->word);
 }
 
@@ -646,8 +645,10 @@ int luamp_rlock_owner(const void* rlock) {
 //   times out at the moment of a release: it tries once more first.
 // release: Effects: adds one unit, wakes one sleeper if any. Returns OK,
 //   ENOTLOCKED past maxvalue (bounded), EOVERFLOW past INT_MAX.
-// A process killed while asleep stays counted as a sleeper: releases then
-// make one futile wake-up call each, nothing worse.
+// When the peer dies: a unit its process held is not given back (a
+// semaphore has no owner, as in Python). A process killed while asleep
+// stays counted as a sleeper: each release then makes one futile wake-up
+// call, nothing worse.
 
 void luamp_sem_init(void* sem, uint32_t value, uint32_t maxvalue) {
   Sem* s = as<Sem>(sem);

@@ -86,6 +86,20 @@ int join(pid_t pid, double timeout = 10) {
   return *code;
 }
 
+// Children started through a Gate wait at pass() until open(), so that
+// they contend from the first iteration instead of running one by one.
+class Gate {
+ public:
+  explicit Gate(long* word) : word_(word) {}
+  void pass() const {
+    while (get(word_) == 0) usleep(100);
+  }
+  void open() const { bump(word_); }
+
+ private:
+  long* word_;
+};
+
 template <typename F>
 bool eventually(F cond, double timeout = 5) {
   double until = now() + timeout;
@@ -146,14 +160,16 @@ TEST_CASE("sync: Lock timed acquire honours its timeout") {
 }
 
 TEST_CASE("sync: Lock counts exactly with 4 processes contending") {
-  constexpr int kProcs = 4, kIncrements = 20000;
+  constexpr int kProcs = 4, kIncrements = 100000;
   Shared m;
   void* lock = m.slot(0);
   volatile long* counter = m.word(0);
+  Gate gate(m.word(1));
   luamp_lock_init(lock);
   pid_t pids[kProcs];
   for (pid_t& p : pids)
     p = start([&] {
+      gate.pass();
       for (int i = 0; i < kIncrements; ++i) {
         if (luamp_lock_acquire(lock, 1, 10) != LUAMP_OK) return 1;
         *counter = *counter + 1;  // a torn update shows as a lost count
@@ -161,7 +177,11 @@ TEST_CASE("sync: Lock counts exactly with 4 processes contending") {
       }
       return 0;
     });
+  double t0 = now();
+  gate.open();
   for (pid_t p : pids) CHECK(join(p, 30) == 0);
+  MESSAGE("contended Lock, " << kProcs << " processes: "
+                             << (now() - t0) / (kProcs * kIncrements) * 1e9 << " ns per pair");
   CHECK(*counter == kProcs * kIncrements);
   CHECK(luamp_lock_owner(lock) == 0);
 }
@@ -207,7 +227,7 @@ TEST_CASE("sync: Lock held by a killed process is taken over") {
   CHECK(luamp_lock_release(lock) == LUAMP_OK);
 }
 
-TEST_CASE("sync: Lock uncontended acquire+release pair (ns)") {
+TEST_CASE("sync: Lock and RLock uncontended acquire+release pair (ns)") {
   Shared m;
   void* lock = m.slot(0);
   luamp_lock_init(lock);
@@ -220,6 +240,17 @@ TEST_CASE("sync: Lock uncontended acquire+release pair (ns)") {
   double ns = (now() - t0) / kPairs * 1e9;
   MESSAGE("uncontended Lock acquire+release: " << ns << " ns per pair");
   CHECK(luamp_lock_owner(lock) == 0);
+
+  void* r = m.slot(1);
+  luamp_rlock_init(r);
+  t0 = now();
+  for (int i = 0; i < kPairs; ++i) {
+    luamp_rlock_acquire(r, 1, -1);
+    luamp_rlock_release(r);
+  }
+  ns = (now() - t0) / kPairs * 1e9;
+  MESSAGE("uncontended RLock acquire+release: " << ns << " ns per pair");
+  CHECK(luamp_rlock_owner(r) == 0);
 }
 
 // == RLock ===================================================================================
@@ -275,11 +306,13 @@ TEST_CASE("sync: RLock counts exactly with 3 processes nesting") {
   Shared m;
   void* r = m.slot(0);
   volatile long* counter = m.word(0);
+  Gate gate(m.word(1));
   luamp_rlock_init(r);
   pid_t pids[3];
   for (pid_t& p : pids)
     p = start([&] {
-      for (int i = 0; i < 10000; ++i) {
+      gate.pass();
+      for (int i = 0; i < 50000; ++i) {
         if (luamp_rlock_acquire(r, 1, 10) != LUAMP_OK || luamp_rlock_acquire(r, 1, 10) != LUAMP_OK)
           return 1;
         *counter = *counter + 1;
@@ -287,8 +320,10 @@ TEST_CASE("sync: RLock counts exactly with 3 processes nesting") {
       }
       return 0;
     });
+  gate.open();
   for (pid_t p : pids) CHECK(join(p, 30) == 0);
-  CHECK(*counter == 30000);
+  CHECK(*counter == 150000);
+  CHECK(luamp_rlock_owner(r) == 0);
 }
 
 // == Semaphore ================================================================================
@@ -462,12 +497,14 @@ TEST_CASE("sync: Condition timed wait returns TIMEOUT with the lock held again")
   CHECK(luamp_lock_release(lock) == LUAMP_OK);
 }
 
-TEST_CASE("sync: Condition producer/consumer across processes") {
-  constexpr int kConsumers = 3, kEach = 2000;
+TEST_CASE("sync: Condition producer/consumer across processes (bounded buffer)") {
+  constexpr int kConsumers = 3, kEach = 3000, kCapacity = 4;
   Shared m;
-  void *cond = m.slot(0), *lock = m.slot(1);
+  void *not_empty = m.slot(0), *not_full = m.slot(1), *lock = m.slot(2);
   volatile long* items = m.word(0);
-  luamp_cond_init(cond);
+  long* consumed = m.word(1);
+  luamp_cond_init(not_empty);
+  luamp_cond_init(not_full);
   luamp_lock_init(lock);
   pid_t pids[kConsumers];
   for (pid_t& p : pids)
@@ -475,21 +512,28 @@ TEST_CASE("sync: Condition producer/consumer across processes") {
       for (int i = 0; i < kEach; ++i) {
         if (luamp_lock_acquire(lock, 1, 10) != LUAMP_OK) return 1;
         while (*items == 0)
-          if (luamp_cond_wait(cond, lock, 0, 10) != LUAMP_OK) return 2;
+          if (luamp_cond_wait(not_empty, lock, 0, 10) != LUAMP_OK) return 2;
         *items = *items - 1;
+        bump(consumed);
+        luamp_cond_notify(not_full, 1);
         luamp_lock_release(lock);
       }
       return 0;
     });
+  int stuck = 0;
   for (int i = 0; i < kConsumers * kEach; ++i) {
     REQUIRE(luamp_lock_acquire(lock, 1, 10) == LUAMP_OK);
+    while (*items == kCapacity && stuck == 0)
+      stuck += luamp_cond_wait(not_full, lock, 0, 10) != LUAMP_OK;
     *items = *items + 1;
-    if (i % 100 == 99) luamp_cond_notify_all(cond);
-    else luamp_cond_notify(cond, 1);
+    if (i % 100 == 99) luamp_cond_notify_all(not_empty);
+    else luamp_cond_notify(not_empty, 1);
     luamp_lock_release(lock);
   }
+  CHECK(stuck == 0);
   for (pid_t p : pids) CHECK(join(p, 30) == 0);
   CHECK(*items == 0);
+  CHECK(get(consumed) == kConsumers * kEach);
 }
 
 namespace {
