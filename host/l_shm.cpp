@@ -42,7 +42,36 @@ int l_shm_used(lua_State* L) {
   return 1;
 }
 
+// [-0, +2] offset, size
+int push_segment(lua_State* L, shm::Segment seg) {
+  lua_pushnumber(L, static_cast<lua_Number>(seg.offset));
+  lua_pushnumber(L, static_cast<lua_Number>(seg.size));
+  return 2;
+}
+
+// core.shm_create_named(name, size) -> offset, size
+int l_shm_create_named(lua_State* L) {
+  const char* name = luaL_checkstring(L, 1);
+  lua_Number size = luaL_checknumber(L, 2);
+  if (!(size >= 1)) raise_error(L, ErrType::ValueError, "SharedMemory: size must be at least 1");
+  return push_segment(L, shm::create_named(name, static_cast<uint64_t>(size)));
+}
+
+// core.shm_open_named(name) -> offset, size
+int l_shm_open_named(lua_State* L) {
+  return push_segment(L, shm::open_named(luaL_checkstring(L, 1)));
+}
+
+// core.shm_unlink_named(name)
+int l_shm_unlink_named(lua_State* L) {
+  shm::unlink_named(luaL_checkstring(L, 1));
+  return 0;
+}
+
 const luaL_Reg kFuncs[] = {
+    {"shm_create_named", wrap<l_shm_create_named>},
+    {"shm_open_named", wrap<l_shm_open_named>},
+    {"shm_unlink_named", wrap<l_shm_unlink_named>},
     {"shm_alloc", wrap<l_shm_alloc>},
     {"shm_base", wrap<l_shm_base>},
     {"shm_id", wrap<l_shm_id>},

@@ -219,14 +219,28 @@ pid_t fork_child(Method method) {
 
 void set_executable(std::string_view path) { g_executable = path; }
 
+namespace {
+
+// A copy of `fd` numbered 10 or above, so that placing the child's fds 3
+// and 4 cannot overwrite one source with the other.
+int high_dup(int fd) {
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 10);
+  if (copy < 0) fail_errno("fcntl(F_DUPFD)", errno);
+  return copy;
+}
+
+}  // namespace
+
 pid_t spawn_exe(std::string_view role, int fd) {
   shm::ensure();
   fflush(nullptr);
+  int payload_fd = high_dup(fd);
+  int arena_fd = high_dup(shm::fd());
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t attr;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, fd, 3);
-  posix_spawn_file_actions_adddup2(&fa, shm::fd(), shm::kInheritedFd);
+  posix_spawn_file_actions_adddup2(&fa, payload_fd, 3);
+  posix_spawn_file_actions_adddup2(&fa, arena_fd, shm::kInheritedFd);
   posix_spawn_file_actions_addclosefrom_np(&fa, shm::kInheritedFd + 1);
   posix_spawnattr_init(&attr);
   sigset_t none, all;
@@ -242,6 +256,8 @@ pid_t spawn_exe(std::string_view role, int fd) {
   int err = posix_spawn(&pid, executable().c_str(), &fa, &attr, argv, environ);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
+  close(payload_fd);
+  close(arena_fd);
   if (err != 0) fail_errno(("cannot start " + executable()).c_str(), err);
   return pid;
 }

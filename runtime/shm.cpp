@@ -10,6 +10,7 @@
 #include <random>
 
 #include "errors.hpp"
+#include "sync.h"
 
 namespace luamp::shm {
 
@@ -20,12 +21,24 @@ namespace {
 constexpr uint64_t kArenaSize = uint64_t{64} << 30;
 constexpr uint64_t kMagic = 0x6c75616d70617231;  // "luampar1"
 
+struct NameEntry {
+  char name[kMaxNameLength + 1];  // empty: a free entry
+  uint64_t offset;
+  uint64_t size;
+};
+constexpr int kMaxNames = 1024;
+
 struct Header {
   uint64_t magic;
   uint64_t id;
   std::atomic<uint64_t> top;  // first free offset
+  alignas(64) unsigned char names_lock[LUAMP_SYNC_SIZE];
 };
-constexpr uint64_t kFirstOffset = 4096;  // the header's page
+static_assert(sizeof(Header) <= 4096);
+
+constexpr uint64_t kNamesOffset = 4096;
+constexpr uint64_t kFirstOffset =
+    kNamesOffset + ((sizeof(NameEntry) * kMaxNames + 4095) & ~uint64_t{4095});
 
 int g_fd = -1;
 char* g_base = nullptr;
@@ -54,6 +67,7 @@ void ensure() {
   Header* h = header();
   h->magic = kMagic;
   h->id = std::random_device{}() * 0x100000000ull + std::random_device{}();
+  luamp_lock_init(h->names_lock);
   h->top.store(kFirstOffset, std::memory_order_release);
 }
 
@@ -89,5 +103,67 @@ uint64_t alloc(size_t size, size_t align) {
 }
 
 uint64_t used() { return g_base ? header()->top.load(std::memory_order_acquire) : 0; }
+
+// -- Named segments ----------------------------------------------------------
+
+namespace {
+
+NameEntry* names() { return reinterpret_cast<NameEntry*>(g_base + kNamesOffset); }
+
+void check_name(const char* name) {
+  size_t n = strlen(name);
+  if (n == 0 || n > kMaxNameLength)
+    fail(ErrType::ValueError, "shared memory names have 1 to %zu bytes", kMaxNameLength);
+}
+
+// Holds the name table's lock (robust: a holder that died is skipped).
+class NamesGuard {
+ public:
+  NamesGuard() {
+    ensure();
+    luamp_lock_acquire(header()->names_lock, 1, -1);
+  }
+  ~NamesGuard() { luamp_lock_release(header()->names_lock); }
+  NamesGuard(const NamesGuard&) = delete;
+  NamesGuard& operator=(const NamesGuard&) = delete;
+};
+
+NameEntry* find(const char* name) {
+  for (int i = 0; i < kMaxNames; ++i)
+    if (strcmp(names()[i].name, name) == 0) return &names()[i];
+  return nullptr;
+}
+
+}  // namespace
+
+Segment create_named(const char* name, uint64_t size) {
+  check_name(name);
+  if (size == 0) fail(ErrType::ValueError, "a shared memory segment needs a size of at least 1");
+  NamesGuard guard;
+  if (find(name)) fail(ErrType::FileExistsError, "shared memory '%s' already exists", name);
+  NameEntry* e = find("");
+  if (!e) fail(ErrType::OSError, "too many named shared memory segments (%d)", kMaxNames);
+  uint64_t offset = alloc(size, 4096);
+  e->offset = offset;
+  e->size = size;
+  memcpy(e->name, name, strlen(name) + 1);
+  return {offset, size};
+}
+
+Segment open_named(const char* name) {
+  check_name(name);
+  NamesGuard guard;
+  NameEntry* e = find(name);
+  if (!e) fail(ErrType::FileNotFoundError, "no shared memory named '%s'", name);
+  return {e->offset, e->size};
+}
+
+void unlink_named(const char* name) {
+  check_name(name);
+  NamesGuard guard;
+  NameEntry* e = find(name);
+  if (!e) fail(ErrType::FileNotFoundError, "no shared memory named '%s'", name);
+  e->name[0] = '\0';
+}
 
 }  // namespace luamp::shm

@@ -39,4 +39,27 @@ uint64_t alloc(size_t size, size_t align);
 // Bytes handed out so far (for tests and diagnostics).
 uint64_t used();
 
+// -- Named segments (mp.shared_memory.SharedMemory) ----------------------------
+//
+// A name table in the arena maps names to blocks of it, so any process of
+// the tree attaches by name and nothing named exists outside the run: the
+// segments go with the arena, also after a crash. unlink() forgets the
+// name; the memory stays mapped for whoever still uses it, until the run
+// ends (unlike /dev/shm names, unrelated processes cannot attach).
+
+inline constexpr size_t kMaxNameLength = 247;
+
+struct Segment {
+  uint64_t offset;
+  uint64_t size;
+};
+
+// Throws FileExistsError when `name` is taken, ValueError for a bad name or
+// size, OSError when the table is full.
+Segment create_named(const char* name, uint64_t size);
+// Throws FileNotFoundError when no segment has that name.
+Segment open_named(const char* name);
+// Throws FileNotFoundError when no segment has that name.
+void unlink_named(const char* name);
+
 }  // namespace luamp::shm

@@ -56,6 +56,10 @@ local LAZY = {
     names = { "Value", "RawValue", "Array", "RawArray" },
     handles = {},
   },
+  ["multiprocessing.shared_memory"] = {
+    names = {},
+    handles = { "SharedMemory" },
+  },
 }
 for _, code in ipairs({ "b", "B", "h", "H", "i", "I", "l", "L", "q", "Q", "f", "d", "c", "bool" }) do
   local h = LAZY["multiprocessing.sharedctypes"].handles
@@ -80,11 +84,18 @@ for module, spec in pairs(LAZY) do
   end
 end
 
+local SUBMODULES = { shared_memory = "multiprocessing.shared_memory" }
+
 setmetatable(mp, {
   __index = function(t, k)
-    local module = lazy_field[k]
-    if module == nil then return nil end
-    local v = require(module)[k]
+    local v
+    if SUBMODULES[k] then
+      v = require(SUBMODULES[k])
+    elseif lazy_field[k] then
+      v = require(lazy_field[k])[k]
+    else
+      return nil
+    end
     rawset(t, k, v)
     return v
   end,

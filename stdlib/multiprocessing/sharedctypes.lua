@@ -16,7 +16,7 @@ local synchronize = require("multiprocessing.synchronize")
 
 local C = shared.C
 local raise = core.error
-local type, floor, tonumber, tostring = type, math.floor, tonumber, tostring
+local type, floor, tonumber, tostring, error, pcall = type, math.floor, tonumber, tostring, error, pcall
 
 local M = {}
 
@@ -126,15 +126,39 @@ local function release(kind, p)
   if kind == RLOCK then C.luamp_rlock_release(p) else C.luamp_lock_release(p) end
 end
 
--- Methods shared by Value and Array.
+local function release_after(self, ok, ...)
+  self:release()
+  if not ok then error((...), 0) end
+  return ...
+end
+
+-- Methods shared by Value and Array. acquire/release/with call the lock
+-- directly: no Lock object is made for them.
 local function add_lock_methods(methods, name)
+  local function check_locked(self, method)
+    if self.lockkind == NO_LOCK then raise("ValueError", ("%s:%s: made without a lock"):format(name, method)) end
+  end
   function methods.get_lock(self)
-    if self.lockkind == NO_LOCK then raise("ValueError", name .. ":get_lock: made without a lock") end
+    check_locked(self, "get_lock")
     return lock_object(self.lockkind, self.lock)
   end
-  function methods.acquire(self, block, timeout) return methods.get_lock(self):acquire(block, timeout) end
-  function methods.release(self) return methods.get_lock(self):release() end
-  function methods.with(self, fn, ...) return methods.get_lock(self):with(fn, ...) end
+  function methods.acquire(self, block, timeout)
+    check_locked(self, "acquire")
+    if block == nil and timeout == nil then
+      acquire(self.lockkind, self.lock)
+      return true
+    end
+    return lock_object(self.lockkind, self.lock):acquire(block, timeout)
+  end
+  function methods.release(self)
+    check_locked(self, "release")
+    local r = self.lockkind == RLOCK and C.luamp_rlock_release(self.lock) or C.luamp_lock_release(self.lock)
+    if r ~= 1 then raise("ValueError", name .. ":release: the lock is not held") end
+  end
+  function methods.with(self, fn, ...)
+    methods.acquire(self)
+    return release_after(self, pcall(fn, ...))
+  end
 end
 
 -- -- Value ---------------------------------------------------------------------------

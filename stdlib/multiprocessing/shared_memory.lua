@@ -1,0 +1,103 @@
+-- multiprocessing.shared_memory — SharedMemory: a named block of shared
+-- bytes that any process of the run can attach to by name.
+--
+--   local shm = mp.shared_memory.SharedMemory{name = "frame", create = true, size = 4096}
+--   shm:write(0, "hello")                  -- offset: bytes skipped from the start
+--   -- in another process of the run:
+--   local same = mp.shared_memory.SharedMemory{name = "frame"}
+--   print(same:read(0, 5), same.buf[0])    --> hello  104
+--
+-- Unlike Python's, the segments live in the run's shared arena rather than
+-- /dev/shm: nothing is left behind when the run ends, however it ends, and
+-- unrelated processes cannot attach. `buf` is an FFI uint8_t* (0-based).
+local core = require("luamp.core")
+local ffi = require("ffi")
+local shared = require("multiprocessing.shared")
+
+local raise = core.error
+local type, setmetatable, rawget = type, setmetatable, rawget
+
+local M = {}
+
+local SharedMemory = {}
+
+local function check_open(self, method)
+  if rawget(self, "_closed") then raise("ValueError", ("SharedMemory:%s: the segment is closed"):format(method)) end
+end
+
+local function check_span(self, method, offset, length)
+  if type(offset) ~= "number" or offset ~= math.floor(offset) or offset < 0 then
+    raise("TypeError", ("SharedMemory:%s: offset must be a non-negative integer"):format(method))
+  end
+  if offset + length > self.size then
+    raise("ValueError", ("SharedMemory:%s: %d bytes at offset %d pass the end (size %d)")
+      :format(method, length, offset, self.size))
+  end
+end
+
+-- SharedMemory:read([offset [, length]]) -> string
+function SharedMemory:read(offset, length)
+  check_open(self, "read")
+  offset = offset or 0
+  length = length or self.size - offset
+  check_span(self, "read", offset, length)
+  return ffi.string(self.buf + offset, length)
+end
+
+-- SharedMemory:write(offset, s)
+function SharedMemory:write(offset, s)
+  check_open(self, "write")
+  if type(s) ~= "string" then raise("TypeError", "SharedMemory:write: argument #2 expected a string, got " .. type(s)) end
+  check_span(self, "write", offset, #s)
+  ffi.copy(self.buf + offset, s, #s)
+end
+
+-- SharedMemory:close(): this object's access ends (the segment stays)
+function SharedMemory:close()
+  self._closed, self.buf = true, nil
+end
+
+-- SharedMemory:unlink(): the name goes; attached objects keep working
+function SharedMemory:unlink()
+  core.shm_unlink_named(self.name)
+end
+
+local SharedMemoryMT = { __index = SharedMemory }
+SharedMemoryMT.__tostring = function(self)
+  return ("SharedMemory(%q, size=%d)"):format(self.name, self.size)
+end
+
+local function make(name, offset, size)
+  return setmetatable({ name = name, size = size, buf = shared.at(offset), _offset = offset }, SharedMemoryMT)
+end
+
+SharedMemoryMT.__mp_reduce = shared.register_table("SharedMemory",
+  function(s) return { name = s.name, offset = s._offset, size = s.size } end,
+  function(p) return make(p.name, p.offset, p.size) end)
+
+local function random_name()
+  return "psm_" .. core.urandom(8):gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+end
+
+-- SharedMemory(name, create, size) or SharedMemory{name = ..., create = ..., size = ...}
+function M.SharedMemory(name, create, size)
+  if type(name) == "table" and rawget(name, 1) == nil then
+    name, create, size = name.name, name.create, name.size
+  end
+  if name ~= nil and type(name) ~= "string" then
+    raise("TypeError", "SharedMemory: name must be a string, got " .. type(name))
+  end
+  local offset
+  if create then
+    if type(size) ~= "number" then raise("TypeError", "SharedMemory: size must be a number, got " .. type(size)) end
+    if size < 1 then raise("ValueError", "SharedMemory: size must be at least 1") end
+    name = name or random_name()
+    offset, size = core.shm_create_named(name, size)
+  else
+    if name == nil then raise("ValueError", "SharedMemory: a name is needed unless create is true") end
+    offset, size = core.shm_open_named(name)
+  end
+  return make(name, offset, size)
+end
+
+return M

@@ -1,0 +1,213 @@
+-- sync.lua — Lock, RLock, Semaphore, BoundedSemaphore, Event, Condition and
+-- Barrier through the real binary, shared with real child processes under
+-- the start method given as arg[1]: contention, timeouts, recovery from a
+-- dead holder, misuse errors.
+local T = require("testlib")
+local mp = T.setup()
+
+local function start(fn, ...)
+  local p = mp.Process{target = fn, args = table.pack(...)}
+  p:start()
+  return p
+end
+
+local function join_all(ps)
+  for _, p in ipairs(ps) do p:join(20) end
+  for _, p in ipairs(ps) do T.eq(p.exitcode, 0, p.name .. " exit code") end
+end
+
+-- -- Lock --------------------------------------------------------------------------
+
+do
+  local lock = mp.Lock()
+  T.check(lock:acquire(), "acquire")
+  T.eq(lock:acquire(false), false, "non-blocking acquire of a held lock")
+  local t0 = mp.monotonic()
+  T.eq(lock:acquire(true, 0.1), false, "timed acquire of a held lock")
+  local waited = mp.monotonic() - t0
+  T.check(waited >= 0.09 and waited < 0.3, ("acquire(true, 0.1) waited %.3f s"):format(waited))
+  lock:release()
+  T.checkerr("ValueError", "not acquired", lock.release, lock)
+  T.checkerr("ValueError", "timeout", lock.acquire, lock, true, -1)
+  T.checkerr("TypeError", "block", lock.acquire, lock, "yes")
+  T.eq(lock:with(function(a, b) return a + b, "x" end, 1, 2), 3, "with returns fn's results")
+  local ok, err = pcall(lock.with, lock, function() error({ code = 7 }) end)
+  T.check(not ok and err.code == 7, "with re-raises the error value")
+  T.check(lock:acquire(false), "with released the lock after the error")
+  lock:release()
+end
+
+do -- a Lock released by another process (Python semantics)
+  local lock = mp.Lock()
+  lock:acquire()
+  local p = start(function(l) l:release() end, lock)
+  p:join(10)
+  T.eq(p.exitcode, 0, "a child released the parent's lock")
+  T.check(lock:acquire(false), "the lock is free again")
+  lock:release()
+end
+
+do -- exact counting under contention
+  local lock, counter = mp.Lock(), mp.RawValue("i", 0)
+  local ps = {}
+  for i = 1, 4 do
+    ps[i] = start(function(l, c)
+      for _ = 1, 2000 do
+        l:acquire()
+        c.value = c.value + 1
+        l:release()
+      end
+    end, lock, counter)
+  end
+  join_all(ps)
+  T.eq(counter.value, 8000, "4 x 2000 increments under a Lock")
+end
+
+do -- the holder dies: the next acquirer gets the lock
+  for _, make in ipairs({ mp.Lock, mp.RLock }) do
+    local lock, held = make(), mp.Event()
+    local p = start(function(l, e) l:acquire(); e:set(); mp.sleep(60) end, lock, held)
+    T.check(held:wait(10), "the child holds the lock")
+    p:kill()
+    p:join()
+    local t0 = mp.monotonic()
+    T.check(lock:acquire(true, 5), "acquired after the holder was killed")
+    T.check(mp.monotonic() - t0 < 1.0, ("well before the timeout (%.3f s)"):format(mp.monotonic() - t0))
+    lock:release()
+  end
+end
+
+-- -- RLock ----------------------------------------------------------------------------
+
+do
+  local r = mp.RLock()
+  T.check(r:acquire() and r:acquire(), "recursive acquire")
+  r:release(); r:release()
+  T.checkerr("AssertionError", "not held", r.release, r)
+  r:acquire()
+  local p = start(function(l) l:release() end, r)
+  p:join(10)
+  T.eq(p.exitcode, 1, "a non-owner's release fails in the child")
+  local q = start(function(l) os.exit(l:acquire(false) and 1 or 0) end, r)
+  q:join(10)
+  T.eq(q.exitcode, 0, "another process cannot take a held RLock")
+  r:release()
+end
+
+-- -- Semaphores -------------------------------------------------------------------------
+
+do
+  local s = mp.Semaphore(2)
+  T.eq(s:get_value(), 2, "initial value")
+  T.check(s:acquire() and s:acquire(), "two acquires")
+  T.eq(s:acquire(false), false, "third acquire fails")
+  s:release(); s:release(); s:release()
+  T.eq(s:get_value(), 3, "an unbounded semaphore can grow")
+  local b = mp.BoundedSemaphore(1)
+  T.checkerr("ValueError", "too many", b.release, b)
+  b:acquire()
+  local p = start(function(sem) sem:release() end, b)
+  p:join(10)
+  T.eq(b:get_value(), 1, "released by a child")
+  T.checkerr("ValueError", nil, mp.Semaphore, -1)
+  T.checkerr("TypeError", nil, mp.Semaphore, "two")
+end
+
+do -- at most 2 holders at once among 5 processes
+  local s, inside, peak, guard = mp.Semaphore(2), mp.RawValue("i", 0), mp.RawValue("i", 0), mp.Lock()
+  local ps = {}
+  for i = 1, 5 do
+    ps[i] = start(function(sem, n, top, g)
+      for _ = 1, 20 do
+        sem:acquire()
+        g:with(function() n.value = n.value + 1; if n.value > top.value then top.value = n.value end end)
+        mp.sleep(0.001)
+        g:with(function() n.value = n.value - 1 end)
+        sem:release()
+      end
+    end, s, inside, peak, guard)
+  end
+  join_all(ps)
+  T.check(peak.value <= 2 and peak.value >= 1, "never more than 2 inside: " .. peak.value)
+end
+
+-- -- Event -------------------------------------------------------------------------------
+
+do
+  local e = mp.Event()
+  T.eq(e:is_set(), false, "starts clear")
+  local t0 = mp.monotonic()
+  T.eq(e:wait(0.1), false, "wait times out")
+  T.check(mp.monotonic() - t0 >= 0.09, "waited the timeout")
+  local p = start(function(ev) mp.sleep(0.1); ev:set() end, e)
+  T.eq(e:wait(10), true, "set by a child")
+  T.eq(e:is_set(), true, "is_set")
+  e:clear()
+  T.eq(e:is_set(), false, "clear")
+  p:join()
+end
+
+-- -- Condition ------------------------------------------------------------------------------
+
+do
+  local cond, items = mp.Condition(), mp.RawValue("i", 0)
+  local consumers = {}
+  for i = 1, 3 do
+    consumers[i] = start(function(c, n)
+      c:with(function()
+        T.check(c:wait_for(function() return n.value > 0 end, 10), "item arrived")
+        n.value = n.value - 1
+      end)
+    end, cond, items)
+  end
+  mp.sleep(0.2)
+  for _ = 1, 3 do
+    cond:with(function() items.value = items.value + 1; cond:notify() end)
+  end
+  join_all(consumers)
+  T.eq(items.value, 0, "each consumer took one item")
+  cond:acquire()
+  T.eq(cond:wait(0.05), false, "wait times out holding the lock again")
+  cond:release()
+  T.checkerr("RuntimeError", "un-acquired", cond.wait, cond, 0.01)
+  T.checkerr("TypeError", "lock", mp.Condition, "not a lock")
+end
+
+-- -- Barrier -----------------------------------------------------------------------------------
+
+do
+  local b, seen = mp.Barrier(3), mp.RawArray("i", 3)
+  T.eq(b.parties, 3, "parties")
+  local ps = {}
+  for i = 1, 2 do
+    ps[i] = start(function(bar, s, k)
+      for round = 1, 3 do s[k] = bar:wait(10) end
+    end, b, seen, i)
+  end
+  local indices = {}
+  for round = 1, 3 do indices[#indices + 1] = b:wait(10) end
+  join_all(ps)
+  T.eq(b.broken, false, "not broken")
+  local t0 = mp.monotonic()
+  T.checkerr("BrokenBarrierError", nil, b.wait, b, 0.1)
+  T.check(mp.monotonic() - t0 < 1, "a timeout breaks the barrier")
+  T.eq(b.broken, true, "broken after a timeout")
+  b:reset()
+  T.eq(b.broken, false, "reset")
+  T.checkerr("ValueError", nil, mp.Barrier, 0)
+end
+
+do -- an action that fails: its caller gets the error, the others BrokenBarrierError
+  local b = mp.Barrier(2, function() error("action failed") end)
+  local p = start(function(bar)
+    local ok, err = pcall(bar.wait, bar, 10)
+    os.exit(not ok and mp.is_error(err, "BrokenBarrierError") and 0 or 3)
+  end, b)
+  mp.sleep(0.2)  -- arrive last, so this process runs the action
+  local ok, err = pcall(b.wait, b, 10)
+  p:join(10)
+  T.check(not ok and tostring(err):find("action failed"), "the last to arrive got the action's error")
+  T.eq(p.exitcode, 0, "the other waiter got BrokenBarrierError")
+end
+
+T.done()
