@@ -194,6 +194,7 @@ Condition.with = with
 function Condition:wait(timeout)
   local kind = ffi.istype(RLockT, self._lock) and 1 or 0
   local r = C.luamp_cond_wait(self._cond, self._lock.p, kind, check_timeout("Condition:wait", timeout))
+  if r == shared.EOVERFLOW then raise("RuntimeError", "Condition:wait: too many waiters (65535)") end
   if r < 0 then raise("RuntimeError", "Condition:wait: cannot wait on an un-acquired lock") end
   return r == 1
 end
@@ -288,7 +289,7 @@ function M.Barrier(parties, action, timeout)
   if type(parties) ~= "number" or parties ~= math.floor(parties) then
     raise("TypeError", "Barrier: argument #1 (parties) expected an integer, got " .. type(parties))
   end
-  if parties < 1 then raise("ValueError", "Barrier: parties must be at least 1") end
+  if parties < 1 or parties > 1023 then raise("ValueError", "Barrier: parties must be between 1 and 1023") end
   if action ~= nil and type(action) ~= "function" then
     raise("TypeError", "Barrier: argument #2 (action) expected a function, got " .. type(action))
   end

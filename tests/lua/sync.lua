@@ -195,6 +195,7 @@ do
   b:reset()
   T.eq(b.broken, false, "reset")
   T.checkerr("ValueError", nil, mp.Barrier, 0)
+  T.checkerr("ValueError", "1023", mp.Barrier, 1024)
 end
 
 do -- an action that fails: its caller gets the error, the others BrokenBarrierError
