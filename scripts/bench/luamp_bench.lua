@@ -110,9 +110,10 @@ local function extremes(xs)
 end
 
 -- A metric record as workloads return it; run_one turns it into a line.
-local function metric(name, unit, samples, ok, better)
+-- extra: more fields for the line (as CPython's `**extra`, e.g. final_values).
+local function metric(name, unit, samples, ok, better, extra)
   return { metric = name, unit = unit, samples = samples, ok = ok ~= false,
-           better = better or "lower" }
+           better = better or "lower", extra = extra }
 end
 
 ------------------------------------------------------------------- registry
@@ -199,6 +200,161 @@ workload("start_join_parallel_fork", {
       end
     end
     return { metric("ms_per_process", "ms", samples, bad == 0) }
+  end,
+})
+
+------------------------------------------------------------ synchronisation
+
+-- Child of lock_contended: waits for `go`, then n increments, each holding
+-- the Value's lock once (the RLock made by mp.Value). As in CPython, the
+-- `value` getter and setter take the same recursive lock again, so one
+-- increment is one contended acquire plus two nested ones. Stores its clock
+-- readings in times[2*slot+1] (start) and times[2*slot+2] (end).
+local function count_under_lock(value, n, go, times, slot)
+  go:wait()
+  local t0 = clock()
+  local lock = value:get_lock()
+  for _ = 1, n do
+    lock:acquire()
+    value.value = value.value + 1
+    lock:release()
+  end
+  times[2 * slot + 1] = t0
+  times[2 * slot + 2] = clock()
+end
+
+workload("lock_contended", {
+  full = { n_per_proc = 100000, procs = 2, start_method = "fork" },
+  quick = { n_per_proc = 25000, procs = 2, start_method = "fork" },
+  needs = { "Process", "get_context", "Value", "Event", "RawArray" },
+  run = function(p)
+    local ctx, n, procs = mp.get_context("fork"), p.n_per_proc, p.procs
+    local samples, finals, ok = {}, {}, true
+    for r = 1, p.reps do
+      local counter, go = mp.Value("i", 0), mp.Event()
+      local times = mp.RawArray("d", 2 * procs)
+      local workers = {}
+      for k = 1, procs do
+        workers[k] = ctx.Process{ target = count_under_lock,
+                                  args = { counter, n, go, times, k - 1 } }
+      end
+      for _, w in ipairs(workers) do w:start() end
+      go:set()
+      for _, w in ipairs(workers) do w:join() end
+      local first, last = math.huge, -math.huge
+      for k = 1, procs do
+        first = math.min(first, times[2 * k - 1])
+        last = math.max(last, times[2 * k])
+      end
+      samples[r] = n * procs / (last - first)
+      finals[r] = counter.value
+      ok = ok and finals[r] == n * procs
+      for _, w in ipairs(workers) do ok = ok and w.exitcode == 0 end
+    end
+    return { metric("ops_per_s", "ops/s", samples, ok, "higher",
+                    { final_values = finals }) }
+  end,
+})
+
+workload("lock_uncontended", {
+  full = { n = 1000000 },
+  quick = { n = 200000 },
+  needs = { "Lock" },
+  run = function(p)
+    local n = p.n
+    -- CPython binds acquire/release once; a Lua method call on the FFI
+    -- cdata is already a direct call, so the loop is written plainly.
+    local lock = mp.Lock()
+    local samples = {}
+    for r = 1, p.reps do
+      local t0 = clock()
+      for _ = 1, n do
+        lock:acquire()
+        lock:release()
+      end
+      samples[r] = (clock() - t0) * 1e9 / n
+    end
+    return { metric("ns_per_pair", "ns", samples, lock:acquire(false)) }
+  end,
+})
+
+-- Child of event_pingpong: answers n pings (clears its event before it
+-- signals the other, so the exchange has no race).
+local function answer_pings(ping, pong, n)
+  for _ = 1, n do
+    ping:wait()
+    ping:clear()
+    pong:set()
+  end
+end
+
+workload("event_pingpong", {
+  full = { n = 5000, warmup = 50, start_method = "fork" },
+  quick = { n = 1000, warmup = 50, start_method = "fork" },
+  needs = { "Process", "get_context", "Event" },
+  run = function(p)
+    local ctx, n, warm = mp.get_context("fork"), p.n, p.warmup
+    local samples, ok = {}, true
+    for r = 1, p.reps do
+      local ping, pong = mp.Event(), mp.Event()
+      local pr = ctx.Process{ target = answer_pings, args = { ping, pong, warm + n } }
+      pr:start()
+      for _ = 1, warm do
+        ping:set()
+        pong:wait()
+        pong:clear()
+      end
+      local t0 = clock()
+      for _ = 1, n do
+        ping:set()
+        pong:wait()
+        pong:clear()
+      end
+      samples[r] = (clock() - t0) * 1e6 / n
+      pr:join()
+      ok = ok and pr.exitcode == 0 and not ping:is_set() and not pong:is_set()
+    end
+    return { metric("us_per_roundtrip", "us", samples, ok) }
+  end,
+})
+
+-------------------------------------------------------------- shared memory
+
+-- Child of array_sum: sums the shared doubles element by element in Lua
+-- through the array's FFI pointer (no lock taken, as CPython's memoryview),
+-- and stores the sum in out[1] and the loop's time in ms in out[2].
+local function sum_shared_doubles(arr, out)
+  local ptr, n = arr:ptr(), #arr
+  local t0 = clock()
+  local s = 0.0
+  for i = 0, n - 1 do
+    s = s + ptr[i]
+  end
+  out[2] = (clock() - t0) * 1e3
+  out[1] = s
+end
+
+workload("array_sum", {
+  full = { n = 1000000, typecode = "d", start_method = "fork" },
+  needs = { "Process", "get_context", "Array", "RawArray" },
+  run = function(p)
+    local ctx, n = mp.get_context("fork"), p.n
+    local arr = mp.Array("d", n)
+    local fill = arr:ptr()
+    for i = 0, n - 1 do fill[i] = i end  -- a[i] = i - 1, 1-based
+    local loop_ms, whole_ms, ok = {}, {}, true
+    for r = 1, p.reps do
+      local out = mp.RawArray("d", 2)
+      local t0 = clock()
+      local pr = ctx.Process{ target = sum_shared_doubles, args = { arr, out } }
+      pr:start()
+      pr:join()
+      whole_ms[r] = (clock() - t0) * 1e3
+      loop_ms[r] = out[2]
+      ok = ok and out[1] == n * (n - 1) / 2 and pr.exitcode == 0
+    end
+    return { metric("ms", "ms", loop_ms, ok),
+             metric("ms_incl_process", "ms", whole_ms, ok) }
   end,
 })
 
@@ -326,10 +482,12 @@ end
 local function report(name, params, metrics, wall)
   for _, m in ipairs(metrics) do
     local lo, hi = extremes(m.samples)
-    emit({ workload = name, metric = m.metric, value = median(m.samples),
-           unit = m.unit, params = params, samples = m.samples, min = lo, max = hi,
-           best = m.better == "lower" and lo or hi, better = m.better, ok = m.ok,
-           wall_s = wall })
+    local line = { workload = name, metric = m.metric, value = median(m.samples),
+                   unit = m.unit, params = params, samples = m.samples, min = lo,
+                   max = hi, best = m.better == "lower" and lo or hi,
+                   better = m.better, ok = m.ok, wall_s = wall }
+    for k, v in pairs(m.extra or {}) do line[k] = v end
+    emit(line)
   end
 end
 
