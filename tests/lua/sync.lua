@@ -211,4 +211,46 @@ do -- an action that fails: its caller gets the error, the others BrokenBarrierE
   T.eq(p.exitcode, 0, "the other waiter got BrokenBarrierError")
 end
 
+-- -- Waiters that die ---------------------------------------------------------------
+
+do -- a Barrier whose waiter was killed breaks instead of wedging the others
+  local b, arrived = mp.Barrier(3), mp.Event()
+  local doomed = start(function(bar, e) e:set(); bar:wait(30) end, b, arrived)
+  T.check(arrived:wait(10), "the first waiter arrived")
+  mp.sleep(0.1)
+  local other = start(function(bar)
+    local t0 = mp.monotonic()
+    local ok, err = pcall(bar.wait, bar, 30)
+    os.exit(not ok and mp.is_error(err, "BrokenBarrierError") and mp.monotonic() - t0 < 5 and 0 or 3)
+  end, b)
+  mp.sleep(0.2)
+  doomed:kill()
+  other:join(20)
+  T.eq(other:is_alive(), false, "the surviving waiter did not hang")
+  T.eq(other.exitcode, 0, "it got BrokenBarrierError promptly")
+  T.eq(b.broken, true, "the barrier is broken")
+end
+
+do -- a Condition waiter that was killed does not absorb a notify
+  local cond, waiting = mp.Condition(), mp.Semaphore(0)
+  local function waiter(c, w)
+    c:with(function()
+      w:release()
+      os.exit(c:wait(20) and 0 or 4)
+    end)
+  end
+  local doomed = start(waiter, cond, waiting)
+  T.check(waiting:acquire(true, 10), "the first waiter waits")
+  local live = start(waiter, cond, waiting)
+  T.check(waiting:acquire(true, 10), "the second waiter waits")
+  mp.sleep(0.1)
+  doomed:kill()
+  doomed:join()
+  local t0 = mp.monotonic()
+  cond:with(function() cond:notify(1) end)
+  live:join(10)
+  T.eq(live.exitcode, 0, "the live waiter was woken by notify(1)")
+  T.check(mp.monotonic() - t0 < 5, "promptly")
+end
+
 T.done()
