@@ -16,7 +16,7 @@ local synchronize = require("multiprocessing.synchronize")
 
 local C = shared.C
 local raise = core.error
-local type, floor, tonumber, tostring, error, pcall = type, math.floor, tonumber, tostring, error, pcall
+local type, floor, tonumber, tostring = type, math.floor, tonumber, tostring
 
 local M = {}
 
@@ -126,12 +126,6 @@ local function release(kind, p)
   if kind == RLOCK then C.luamp_rlock_release(p) else C.luamp_lock_release(p) end
 end
 
-local function release_after(self, ok, ...)
-  self:release()
-  if not ok then error((...), 0) end
-  return ...
-end
-
 -- Methods shared by Value and Array. acquire/release/with call the lock
 -- directly: no Lock object is made for them.
 local function add_lock_methods(methods, name)
@@ -155,10 +149,7 @@ local function add_lock_methods(methods, name)
     local r = self.lockkind == RLOCK and C.luamp_rlock_release(self.lock) or C.luamp_lock_release(self.lock)
     if r ~= 1 then raise("ValueError", name .. ":release: the lock is not held") end
   end
-  function methods.with(self, fn, ...)
-    methods.acquire(self)
-    return release_after(self, pcall(fn, ...))
-  end
+  methods.with = synchronize.with
 end
 
 -- -- Value ---------------------------------------------------------------------------

@@ -55,10 +55,12 @@ local function release_after(obj, ok, ...)
 end
 
 -- Runs fn(...) holding `self`; releases it even when fn fails (and re-raises).
+-- Any object with acquire() and release() methods can use it.
 local function with(self, fn, ...)
   self:acquire()
   return release_after(self, pcall(fn, ...))
 end
+M.with = with
 
 -- -- Lock ------------------------------------------------------------------------------
 
