@@ -27,6 +27,8 @@ local parent_pid, parent_name
 local children = {}    -- started child -> true, until found ended
 local nchildren = 0    -- entries in `children`
 local sweep_at = 16    -- start() reaps ended children when nchildren reaches this
+local counter = 0      -- numbers this process's children: Process-N
+local authkey = core.urandom(32)
 
 local function forget(p)
   if children[p] then
@@ -34,8 +36,6 @@ local function forget(p)
     nchildren = nchildren - 1
   end
 end
-local counter = 0      -- numbers this process's children: Process-N
-local authkey = core.urandom(32)
 
 -- -- Computed fields ----------------------------------------------------------
 
