@@ -205,12 +205,17 @@ pid_t make_idle_child(Server& s, std::string* payload) {
   }
   close(sv[1]);
   int fds[2] = {sv[0], pidfd_open(pid, 0)};
+  if (fds[1] < 0) {  // out of fds: a child the client cannot watch is no use
+    close(sv[0]);
+    kill(pid, SIGKILL);
+    fail_errno("pidfd_open", errno);
+  }
   Msg m{kIdle, pid, 0};
   // The control socket is blocking here: IDLE messages are few and the
   // client reads them whenever it starts a process.
-  send_msg(s.ctrl, m, fds, fds[1] >= 0 ? 2 : 1, 0);
+  send_msg(s.ctrl, m, fds, 2, 0);
   close(fds[0]);
-  if (fds[1] >= 0) close(fds[1]);
+  close(fds[1]);
   s.idle.insert(pid);
   return pid;
 }
