@@ -104,12 +104,13 @@ void collect(Child& c) {
 }
 
 // Waits for the pidfd to become readable; false on timeout.
-// How long a waiter polls before it sleeps. Waking a sleeping process on a
+// How long a waiter polls before it sleeps (a child that takes longer costs
+// its joiner at most this much CPU). Waking a sleeping process on a
 // VM costs 50-150 us when its vCPU has gone idle, more than a short child
 // takes to finish; sched_yield() between polls hands the CPU to anything
 // runnable. With a single usable CPU the child needs that very CPU, so the
 // waiter sleeps at once.
-constexpr double kSpinSeconds = 300e-6;
+constexpr double kSpinSeconds = 1e-3;
 
 double spin_budget() {
   static const double budget = [] {
