@@ -123,6 +123,19 @@ do -- nothing lost in buffers at exit, also through a pipe and into a file
   T.eq(n, 6000, "every child line reached the file")
 end
 
+-- -- Other children of the script ----------------------------------------------------
+
+do -- luamp never waits for children it did not start: os.execute keeps its status
+  local ps = {}
+  for i = 1, 3 do ps[i] = mp.Process{target = mp.sleep, args = {0.2}}; ps[i]:start() end
+  local status = os.execute("exit 3")
+  T.check(status == 3 * 256 or status == 3, "os.execute status: " .. tostring(status))
+  local f = io.popen("echo hi")
+  T.eq(f:read("*l"), "hi", "io.popen output")
+  f:close()
+  for i = 1, 3 do ps[i]:join(); T.eq(ps[i].exitcode, 0, "children still joined normally") end
+end
+
 -- -- Zombies -----------------------------------------------------------------------
 
 local function zombie_children(ppid)
