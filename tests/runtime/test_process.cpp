@@ -8,17 +8,12 @@
 #include <unistd.h>
 
 #include "errors.hpp"
+#include "clock.hpp"
 #include "process.hpp"
 
 using namespace luamp;
 
 namespace {
-
-double now() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
 
 // Forks a child that runs `body` and exits with its result.
 template <typename F>

@@ -9,18 +9,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "clock.hpp"
 #include "process.hpp"
 #include "sync.h"
 
 using namespace luamp;
 
 namespace {
-
-double now() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
 
 // -- Shared memory ---------------------------------------------------------------
 
