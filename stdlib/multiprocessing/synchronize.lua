@@ -62,15 +62,19 @@ local function with(self, fn, ...)
 end
 M.with = with
 
+-- X:acquire([block [, timeout]]) -> boolean, over the C function `acquire`;
+-- no arguments is the hot path: one FFI call.
+local function acquirer(name, acquire)
+  local func = name .. ":acquire"
+  return function(self, block, timeout)
+    if block == nil and timeout == nil then return acquire(self.p, 1, -1) == 1 end
+    return acquire(self.p, check_block(func, block), check_timeout(func, timeout)) == 1
+  end
+end
+
 -- -- Lock ------------------------------------------------------------------------------
 
-local Lock = { with = with }
-
--- Lock:acquire([block [, timeout]]) -> boolean
-function Lock:acquire(block, timeout)
-  if block == nil and timeout == nil then return C.luamp_lock_acquire(self.p, 1, -1) == 1 end
-  return C.luamp_lock_acquire(self.p, check_block("Lock:acquire", block), check_timeout("Lock:acquire", timeout)) == 1
-end
+local Lock = { with = with, acquire = acquirer("Lock", C.luamp_lock_acquire) }
 
 -- Lock:release(): any process may release it, as in Python
 function Lock:release()
@@ -79,12 +83,7 @@ end
 
 -- -- RLock ---------------------------------------------------------------------------------
 
-local RLock = { with = with }
-
-function RLock:acquire(block, timeout)
-  if block == nil and timeout == nil then return C.luamp_rlock_acquire(self.p, 1, -1) == 1 end
-  return C.luamp_rlock_acquire(self.p, check_block("RLock:acquire", block), check_timeout("RLock:acquire", timeout)) == 1
-end
+local RLock = { with = with, acquire = acquirer("RLock", C.luamp_rlock_acquire) }
 
 function RLock:release()
   if C.luamp_rlock_release(self.p) ~= 1 then
@@ -94,12 +93,7 @@ end
 
 -- -- Semaphores ------------------------------------------------------------------------------
 
-local Semaphore = { with = with }
-
-function Semaphore:acquire(block, timeout)
-  if block == nil and timeout == nil then return C.luamp_sem_acquire(self.p, 1, -1) == 1 end
-  return C.luamp_sem_acquire(self.p, check_block("Semaphore:acquire", block), check_timeout("Semaphore:acquire", timeout)) == 1
-end
+local Semaphore = { with = with, acquire = acquirer("Semaphore", C.luamp_sem_acquire) }
 
 function Semaphore:release()
   local r = C.luamp_sem_release(self.p)
