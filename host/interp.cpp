@@ -155,5 +155,7 @@ extern "C" int luaopen_luamp_core(lua_State* L) {
   luamp::register_serial(L);
   luamp::register_process(L);
   luamp::register_shm(L);
+  luamp::register_queue(L);
+  luamp::register_connection(L);
   return 1;
 }

@@ -60,6 +60,14 @@ local LAZY = {
     names = {},
     handles = { "SharedMemory" },
   },
+  ["multiprocessing.queues"] = {
+    names = { "Queue", "SimpleQueue", "JoinableQueue" },
+    handles = { "Queue", "SimpleQueue", "JoinableQueue" },
+  },
+  ["multiprocessing.connection"] = {
+    names = { "Pipe" },
+    handles = { "Connection" },
+  },
 }
 for _, code in ipairs({ "b", "B", "h", "H", "i", "I", "l", "L", "q", "Q", "f", "d", "c", "bool" }) do
   local h = LAZY["multiprocessing.sharedctypes"].handles
@@ -84,7 +92,10 @@ for module, spec in pairs(LAZY) do
   end
 end
 
-local SUBMODULES = { shared_memory = "multiprocessing.shared_memory" }
+local SUBMODULES = {
+  shared_memory = "multiprocessing.shared_memory",
+  connection = "multiprocessing.connection",
+}
 
 setmetatable(mp, {
   __index = function(t, k)
