@@ -1,6 +1,7 @@
 // shm.cpp — the shared arena. See shm.hpp for the contract.
 #include "shm.hpp"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -28,11 +29,19 @@ struct NameEntry {
 };
 constexpr int kMaxNames = 1024;
 
+// Size classes of allocate(): class c holds blocks of 2^p + k * 2^(p-2)
+// bytes with p = 8 + c / 4, k = c % 4 (256, 320, 384, 448, 512, 640, ...).
+constexpr int kClasses = 4 * (36 - 8 + 1);
+
 struct Header {
   uint64_t magic;
   uint64_t id;
   std::atomic<uint64_t> top;  // first free offset
   alignas(64) unsigned char names_lock[LUAMP_SYNC_SIZE];
+  // Free list heads: (offset >> 6) in the low kOffsetBits bits, a tag that
+  // every change increments above them (a pop that read a stale `next`
+  // then fails its compare-exchange: no ABA).
+  alignas(64) std::atomic<uint64_t> free_heads[kClasses];
 };
 static_assert(sizeof(Header) <= 4096);
 
@@ -103,6 +112,108 @@ uint64_t alloc(size_t size, size_t align) {
 }
 
 uint64_t used() { return g_base ? header()->top.load(std::memory_order_acquire) : 0; }
+
+// -- Recycled blocks ---------------------------------------------------------
+
+namespace {
+
+constexpr uint64_t kBlockHeader = 64;  // keeps the usable part 64-aligned
+constexpr uint64_t kBlockMagic = 0x626c6f636b000000;  // "block", class in the low byte
+constexpr int kOffsetBits = 30;        // offsets / 64 below 64 GiB
+constexpr uint64_t kOffsetMask = (uint64_t{1} << kOffsetBits) - 1;
+
+struct BlockHeader {
+  uint64_t magic_class;
+  std::atomic<uint64_t> next;  // while free: offset of the next free block
+};
+
+uint64_t class_bytes(int c) {
+  int p = 8 + c / 4;
+  return (uint64_t{1} << p) + uint64_t(c % 4) * (uint64_t{1} << (p - 2));
+}
+
+int class_of(uint64_t bytes) {
+  if (bytes <= 256) return 0;
+  int p = 63 - __builtin_clzll(bytes);
+  uint64_t step = uint64_t{1} << (p - 2);
+  uint64_t k = (bytes - (uint64_t{1} << p) + step - 1) / step;
+  return (p - 8) * 4 + static_cast<int>(k);  // k == 4 is the next power's first class
+}
+
+BlockHeader* block(uint64_t offset) { return reinterpret_cast<BlockHeader*>(g_base + offset); }
+
+uint64_t pop(int c) {
+  std::atomic<uint64_t>& head = header()->free_heads[c];
+  uint64_t h = head.load(std::memory_order_acquire);
+  for (;;) {
+    uint64_t offset = (h & kOffsetMask) << 6;
+    if (offset == 0) return 0;
+    uint64_t next = block(offset)->next.load(std::memory_order_relaxed);
+    uint64_t tag = (h >> kOffsetBits) + 1;
+    if (head.compare_exchange_weak(h, (next >> 6) | (tag << kOffsetBits), std::memory_order_acq_rel))
+      return offset;
+  }
+}
+
+void push(int c, uint64_t offset) {
+  std::atomic<uint64_t>& head = header()->free_heads[c];
+  uint64_t h = head.load(std::memory_order_relaxed);
+  for (;;) {
+    block(offset)->next.store((h & kOffsetMask) << 6, std::memory_order_relaxed);
+    uint64_t tag = (h >> kOffsetBits) + 1;
+    if (head.compare_exchange_weak(h, (offset >> 6) | (tag << kOffsetBits), std::memory_order_release))
+      return;
+  }
+}
+
+// The whole pages inside a block's usable part go back to the kernel;
+// they read as zeros when next touched.
+void return_pages(uint64_t offset, uint64_t bytes) {
+  uint64_t from = (offset + kBlockHeader + 4095) & ~uint64_t{4095};
+  uint64_t to = (offset + bytes) & ~uint64_t{4095};
+  if (to > from)
+    fallocate(g_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(from),
+              static_cast<off_t>(to - from));
+}
+
+BlockHeader* checked_block(uint64_t user_offset) {
+  if (!g_base || user_offset < kFirstOffset + kBlockHeader || user_offset >= kArenaSize ||
+      user_offset % 64 != 0)
+    fail(ErrType::ValueError, "offset %llu is not a shared memory block",
+         static_cast<unsigned long long>(user_offset));
+  BlockHeader* b = block(user_offset - kBlockHeader);
+  if ((b->magic_class & ~uint64_t{0xff}) != kBlockMagic || (b->magic_class & 0xff) >= kClasses)
+    fail(ErrType::ValueError, "offset %llu is not an allocated shared memory block",
+         static_cast<unsigned long long>(user_offset));
+  return b;
+}
+
+}  // namespace
+
+uint64_t allocate(size_t size) {
+  ensure();
+  if (size == 0 || size > kArenaSize / 2)
+    fail(ErrType::ValueError, "cannot allocate %zu bytes of shared memory", size);
+  int c = class_of(size + kBlockHeader);
+  uint64_t offset = pop(c);
+  if (offset == 0) offset = alloc(class_bytes(c), class_bytes(c) >= 4096 ? 4096 : 64);
+  block(offset)->magic_class = kBlockMagic | static_cast<uint64_t>(c);
+  return offset + kBlockHeader;
+}
+
+void release(uint64_t user_offset) {
+  BlockHeader* b = checked_block(user_offset);
+  int c = static_cast<int>(b->magic_class & 0xff);
+  uint64_t offset = user_offset - kBlockHeader;
+  b->magic_class = kBlockMagic | 0xff;  // a second release is refused
+  if (class_bytes(c) >= kReturnedPages) return_pages(offset, class_bytes(c));
+  push(c, offset);
+}
+
+uint64_t block_size(uint64_t user_offset) {
+  BlockHeader* b = checked_block(user_offset);
+  return class_bytes(static_cast<int>(b->magic_class & 0xff)) - kBlockHeader;
+}
 
 // -- Named segments ----------------------------------------------------------
 

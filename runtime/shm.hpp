@@ -13,8 +13,12 @@
 // Errors:   throws luamp::Error (OSError when the kernel refuses, ValueError
 //           for an impossible size).
 //
-// Allocation is a lock-free bump of the arena's `top`: nothing is freed
-// before the run ends (a process killed mid-allocation cannot wedge it).
+// Two kinds of allocation, both lock-free, so a process killed in the middle
+// can at worst leak a block, never wedge or corrupt the arena: alloc() bumps
+// the arena's `top` for objects that live as long as the run (locks, Values:
+// their handles may be anywhere, so nobody knows when they are dead);
+// allocate()/release() recycle blocks through per-size-class free lists
+// (queue rings and large queued messages, which have one owner at a time).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -38,6 +42,20 @@ char* base();
 uint64_t alloc(size_t size, size_t align);
 // Bytes handed out so far (for tests and diagnostics).
 uint64_t used();
+
+// Returns the offset of a block of at least `size` bytes aligned to 64, not
+// zeroed (a recycled block keeps what it held). Size classes are four per
+// power of two, so at most a quarter is wasted, and only as address space
+// until it is touched.
+uint64_t allocate(size_t size);
+// Gives back a block from allocate() for the next allocate() of its class.
+// The pages of a block of kReturnedPages bytes or more go back to the
+// kernel (a 64 MiB message must not stay resident after it is read).
+// Throws ValueError for an offset that is not an allocated block.
+void release(uint64_t offset);
+// Usable bytes of a block from allocate().
+uint64_t block_size(uint64_t offset);
+inline constexpr uint64_t kReturnedPages = uint64_t{8} << 20;
 
 // -- Named segments (mp.shared_memory.SharedMemory) ----------------------------
 //

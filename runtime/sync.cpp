@@ -2,10 +2,7 @@
 // Barrier on Linux futexes: the C ABI of sync.h.
 //
 // Provides: the extern "C" functions declared in sync.h.
-// Uses:     futex(2) — FUTEX_WAIT_BITSET with absolute CLOCK_MONOTONIC
-//           deadlines, so a wait cut short by a signal or a spurious wake-up
-//           resumes with the time left — and FUTEX_WAKE, both without
-//           FUTEX_PRIVATE_FLAG since the words are shared between processes;
+// Uses:     futex.hpp (futex waits with absolute deadlines, bounded spins);
 //           pidfd_open(2) to tell a dead process (reaped or zombie) from a
 //           live one; GCC __atomic builtins on the words.
 // Why futexes, not Boost.Interprocess: its process-shared mutexes are not
@@ -43,6 +40,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "futex.hpp"
 #include "pidfd.hpp"
 
 namespace {
@@ -78,78 +76,26 @@ bool cas(T* p, T& expected, std::type_identity_t<T> desired) {
                                      __ATOMIC_SEQ_CST);
 }
 
-// -- Time ------------------------------------------------------------------------
+// -- Waiting ---------------------------------------------------------------------
+// Time, futexes and spinning come from futex.hpp; how long each kind of
+// waiter spins is decided here.
 
-constexpr int64_t kNoDeadline = INT64_MAX;
-
-int64_t now_ns() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+using luamp::futex::deadline_after;
+using luamp::futex::kNoDeadline;
+using luamp::futex::now_ns;
+using luamp::futex::spin_until;
+inline bool futex_wait(u32* word, u32 expected, int64_t deadline) {
+  return luamp::futex::wait(word, expected, deadline);
 }
-
-// Absolute CLOCK_MONOTONIC nanoseconds; a negative (or absurd) timeout is
-// no limit at all.
-int64_t deadline_after(double timeout) {
-  if (!(timeout >= 0) || timeout > 1e9) return kNoDeadline;
-  return now_ns() + static_cast<int64_t>(timeout * 1e9);
-}
-
-// -- Futexes -------------------------------------------------------------------
-
-// Sleeps while *word == expected, until woken or the absolute deadline.
-// Returns false only when the deadline has passed.
-bool futex_wait(u32* word, u32 expected, int64_t deadline) {
-  timespec ts{deadline / 1000000000LL, deadline % 1000000000LL};
-  long r = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected,
-                   deadline == kNoDeadline ? nullptr : &ts, nullptr, FUTEX_BITSET_MATCH_ANY);
-  return !(r == -1 && errno == ETIMEDOUT);
-}
-
-void futex_wake(u32* word, u32 n) {
-  syscall(SYS_futex, word, FUTEX_WAKE, std::min<u32>(n, INT_MAX), nullptr, nullptr, 0);
-}
+inline void futex_wake(u32* word, u32 n) { luamp::futex::wake(word, n); }
 
 // The low half of a 64-bit state word: what Condition and Barrier sleep on.
 u32* low_half(u64* word) {
   return reinterpret_cast<u32*>(word);
 }
 
-// -- Spinning --------------------------------------------------------------------
-// Waking a process on another CPU costs 20-50 us on a VM, so a waiter first
-// polls briefly: long enough for a peer that answers at once, short enough
-// to cost nothing when it does not. It yields between polls, handing the
-// CPU to whatever is runnable there, maybe the very process it waits for:
-// an Event ping-pong sharing a CPU with a busy process took ~150 us per
-// round trip when the spinner yielded only after 5 us, ~4 us when it
-// yields at once. With a single usable CPU nobody spins.
-
 constexpr int64_t kLockSpinNs = 4000;   // a holder's critical section is short
 constexpr int64_t kWaitSpinNs = 50000;  // an Event or a notify answers later
-
-bool several_cpus() {
-  static const bool several = [] {
-    cpu_set_t set;
-    return sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 1;
-  }();
-  return several;
-}
-
-// Polls `ready` for up to `budget` ns (never past `deadline`). Returns
-// true as soon as it holds.
-template <typename F>
-bool spin_until(F ready, int64_t budget, int64_t deadline = kNoDeadline) {
-  if (!several_cpus()) return false;
-  int64_t end = std::min(deadline, now_ns() + budget);
-  for (;;) {
-    for (int i = 0; i < 16; ++i) {
-      if (ready()) return true;
-      __builtin_ia32_pause();
-    }
-    if (now_ns() >= end) return false;
-    sched_yield();
-  }
-}
 
 // -- Processes ---------------------------------------------------------------------
 
