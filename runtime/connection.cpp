@@ -1,0 +1,497 @@
+// connection.cpp — frames on stream sockets, socket set-up, the authkey
+// challenge, waiting on fds, fds of other processes. See connection.hpp.
+#include "connection.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "errors.hpp"
+#include "pidfd.hpp"
+
+namespace luamp::conn {
+
+namespace {
+
+constexpr size_t kInCapacity = 64 * 1024;  // receive buffer; larger frames get their own
+constexpr size_t kKeepOut = 1 << 20;       // a send buffer grown past this is released
+constexpr unsigned char kMagic0 = 0x4C, kMagic1 = 0x4D;
+
+// -- Clock and spinning --------------------------------------------------------
+
+double now() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// How long a receiver polls (yielding the CPU between polls) before it
+// sleeps in the kernel. A ping-pong partner usually answers within a few
+// microseconds; waking a sleeping process on another vCPU costs tens. With
+// one usable CPU, sched_yield() hands the CPU straight to the peer that the
+// last send woke, which beats a sleep and a wake-up too.
+constexpr double kSpinSeconds = 50e-6;
+
+// -- Errors ----------------------------------------------------------------------
+
+[[noreturn]] void fail_recv(int err) {
+  if (err == ECONNRESET) fail(ErrType::EOFError, "the other end of the connection is gone");
+  fail_errno("recv", err);
+}
+
+[[noreturn]] void fail_send(int err) {
+  if (err == EPIPE || err == ECONNRESET)
+    fail(ErrType::BrokenPipeError, "send: the other end of the connection is closed");
+  fail_errno("send", err);
+}
+
+// Waits for `events` on fd; timeout < 0: no limit. False on timeout.
+bool poll_fd(int fd, short events, double timeout) {
+  double deadline = timeout < 0 ? 0 : now() + timeout;
+  for (;;) {
+    int ms = -1;
+    if (timeout >= 0) {
+      double left = deadline - now();
+      ms = left <= 0 ? 0 : static_cast<int>(std::min(left * 1000.0 + 0.999, 2e9));
+    }
+    pollfd p{fd, events, 0};
+    int r = ::poll(&p, 1, ms);
+    if (r > 0) return true;
+    if (r == 0 && (timeout >= 0 && now() >= deadline)) return false;
+    if (r < 0 && errno != EINTR) fail_errno("poll", errno);
+  }
+}
+
+// Receives at least one byte into p[0, room): spins for a moment, then
+// blocks. Throws EOFError at end of stream.
+size_t recv_some(int fd, char* p, size_t room) {
+  double until = 0;
+  for (;;) {
+    ssize_t n = recv(fd, p, room, MSG_DONTWAIT);
+    if (n > 0) return static_cast<size_t>(n);
+    if (n == 0) fail(ErrType::EOFError, "the other end of the connection is closed");
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) fail_recv(errno);
+    if (until == 0) until = now() + kSpinSeconds;
+    else if (now() >= until) break;
+    sched_yield();
+  }
+  for (;;) {
+    ssize_t n = recv(fd, p, room, 0);
+    if (n > 0) return static_cast<size_t>(n);
+    if (n == 0) fail(ErrType::EOFError, "the other end of the connection is closed");
+    if (errno == EAGAIN) poll_fd(fd, POLLIN, -1);  // someone made the fd non-blocking
+    else if (errno != EINTR) fail_recv(errno);
+  }
+}
+
+// Sends every byte of the iovecs, in as few syscalls as the kernel allows.
+void send_all(int fd, iovec* iov, int iovcnt) {
+  while (iovcnt > 0) {
+    msghdr h{};
+    h.msg_iov = iov;
+    h.msg_iovlen = static_cast<size_t>(iovcnt);
+    ssize_t n = sendmsg(fd, &h, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        poll_fd(fd, POLLOUT, -1);
+        continue;
+      }
+      fail_send(errno);
+    }
+    auto done = static_cast<size_t>(n);
+    while (iovcnt > 0 && done >= iov->iov_len) {
+      done -= iov->iov_len;
+      ++iov;
+      --iovcnt;
+    }
+    if (iovcnt > 0) {
+      iov->iov_base = static_cast<char*>(iov->iov_base) + done;
+      iov->iov_len -= done;
+    }
+  }
+}
+
+void check_frame_size(size_t len) {
+  if (len > kMaxFrame) fail(ErrType::OSError, "message too long (%zu bytes)", len);
+}
+
+}  // namespace
+
+// -- Frames ------------------------------------------------------------------------
+
+void put_header(char* out, uint64_t len) {
+  auto* o = reinterpret_cast<unsigned char*>(out);
+  o[0] = kMagic0;
+  o[1] = kMagic1;
+  for (int i = 0; i < 6; ++i) o[2 + i] = static_cast<unsigned char>(len >> (8 * i));
+}
+
+uint64_t parse_header(const char* in) {
+  auto* b = reinterpret_cast<const unsigned char*>(in);
+  if (b[0] != kMagic0 || b[1] != kMagic1)
+    fail(ErrType::OSError, "corrupt message: bad frame header (not sent by a luamp Connection?)");
+  uint64_t len = 0;
+  for (int i = 0; i < 6; ++i) len |= uint64_t{b[2 + i]} << (8 * i);
+  return len;
+}
+
+// -- Channel -------------------------------------------------------------------------
+
+void Channel::close() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  out_ = std::string();
+  in_.reset();
+  large_.reset();
+  start_ = end_ = 0;
+}
+
+std::string& Channel::prepare_send() {
+  if (out_.capacity() > kKeepOut) out_ = std::string();
+  out_.assign(kHeaderSize, '\0');
+  return out_;
+}
+
+void Channel::send_prepared() {
+  size_t len = out_.size() - kHeaderSize;
+  check_frame_size(len);
+  put_header(out_.data(), len);
+  iovec iov{out_.data(), out_.size()};
+  send_all(fd_, &iov, 1);
+}
+
+void Channel::send_frame(std::string_view payload) {
+  check_frame_size(payload.size());
+  char header[kHeaderSize];
+  put_header(header, payload.size());
+  iovec iov[2] = {{header, kHeaderSize}, {const_cast<char*>(payload.data()), payload.size()}};
+  send_all(fd_, iov, payload.empty() ? 1 : 2);
+}
+
+void Channel::fill() {
+  end_ += recv_some(fd_, in_.get() + end_, kInCapacity - end_);
+}
+
+void Channel::ensure(size_t bytes) {
+  if (!in_) in_ = std::make_unique_for_overwrite<char[]>(kInCapacity);
+  if (end_ - start_ >= bytes) return;
+  if (start_ + bytes > kInCapacity) {  // no room after the unread bytes: move them down
+    memmove(in_.get(), in_.get() + start_, end_ - start_);
+    end_ -= start_;
+    start_ = 0;
+  }
+  while (end_ - start_ < bytes) fill();
+}
+
+std::string_view Channel::recv_frame(uint64_t maxlength) {
+  large_.reset();
+  ensure(kHeaderSize);
+  uint64_t len = parse_header(in_.get() + start_);
+  if (len > maxlength)
+    fail(ErrType::OSError, "bad message length: %llu bytes, more than maxlength %llu",
+         static_cast<unsigned long long>(len), static_cast<unsigned long long>(maxlength));
+  if (len > kInCapacity - kHeaderSize) return recv_large(len);
+  ensure(kHeaderSize + len);
+  std::string_view payload(in_.get() + start_ + kHeaderSize, len);
+  start_ += kHeaderSize + len;
+  if (start_ == end_) start_ = end_ = 0;  // the view stays valid: nothing is read before the next call
+  return payload;
+}
+
+// The buffer holds the header and the first bytes of the payload; the rest
+// goes straight into a block of its own (freed by the next receive).
+std::string_view Channel::recv_large(uint64_t len) {
+  large_ = std::make_unique_for_overwrite<char[]>(len);
+  size_t have = end_ - start_ - kHeaderSize;
+  memcpy(large_.get(), in_.get() + start_ + kHeaderSize, have);
+  start_ = end_ = 0;
+  while (have < len) have += recv_some(fd_, large_.get() + have, len - have);
+  return {large_.get(), len};
+}
+
+bool Channel::poll(double timeout) {
+  if (end_ > start_) return true;
+  return poll_fd(fd_, POLLIN, timeout);
+}
+
+std::string_view Channel::buffered() const {
+  return in_ ? std::string_view(in_.get() + start_, end_ - start_) : std::string_view();
+}
+
+void Channel::set_buffered(std::string_view bytes) {
+  if (bytes.size() > kInCapacity) fail(ErrType::ValueError, "too many buffered bytes");
+  if (!in_) in_ = std::make_unique_for_overwrite<char[]>(kInCapacity);
+  memcpy(in_.get(), bytes.data(), bytes.size());
+  start_ = 0;
+  end_ = bytes.size();
+}
+
+// -- Sockets ---------------------------------------------------------------------------
+
+void socket_pair(int fds[2]) {
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) fail_errno("socketpair", errno);
+}
+
+namespace {
+
+// An fd closed on scope exit unless released.
+struct OwnedFd {
+  int fd;
+  ~OwnedFd() {
+    if (fd >= 0) ::close(fd);
+  }
+  int release() { return std::exchange(fd, -1); }
+};
+
+sockaddr_un unix_address(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof a.sun_path)
+    fail(ErrType::ValueError, "bad Unix socket path '%s' (1 to %zu bytes)", path.c_str(), sizeof a.sun_path - 1);
+  memcpy(a.sun_path, path.data(), path.size());
+  return a;
+}
+
+sockaddr_in inet_address(const Address& addr) {
+  if (addr.port < 0 || addr.port > 65535) fail(ErrType::ValueError, "bad port %d", addr.port);
+  addrinfo hints{};
+  hints.ai_family = AF_INET;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  const char* host = addr.path_or_host.empty() ? nullptr : addr.path_or_host.c_str();
+  hints.ai_flags = host ? 0 : AI_PASSIVE;
+  int r = getaddrinfo(host, nullptr, &hints, &res);
+  if (r != 0 || !res) fail(ErrType::OSError, "cannot resolve '%s': %s", addr.path_or_host.c_str(), gai_strerror(r));
+  sockaddr_in a;
+  memcpy(&a, res->ai_addr, sizeof a);
+  freeaddrinfo(res);
+  a.sin_port = htons(static_cast<uint16_t>(addr.port));
+  return a;
+}
+
+void read_inet(const sockaddr_in& a, Address* out) {
+  char host[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &a.sin_addr, host, sizeof host);
+  *out = Address{false, host, ntohs(a.sin_port)};
+}
+
+std::string describe(const Address& a) {
+  if (a.unix_path) return a.path_or_host;
+  return a.path_or_host + ":" + std::to_string(a.port);
+}
+
+void set_nodelay(int fd) {
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+}  // namespace
+
+int listen_on(const Address& addr, int backlog, Address* bound) {
+  OwnedFd s{socket(addr.unix_path ? AF_UNIX : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+  if (s.fd < 0) fail_errno("socket", errno);
+  std::string what = "cannot listen on " + describe(addr);
+  if (addr.unix_path) {
+    sockaddr_un a = unix_address(addr.path_or_host);
+    if (bind(s.fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+      fail_errno(what.c_str(), errno == EADDRINUSE ? EEXIST : errno);
+    *bound = addr;
+  } else {
+    sockaddr_in a = inet_address(addr);
+    int one = 1;
+    setsockopt(s.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(s.fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) fail_errno(what.c_str(), errno);
+    socklen_t len = sizeof a;
+    getsockname(s.fd, reinterpret_cast<sockaddr*>(&a), &len);
+    read_inet(a, bound);
+  }
+  if (::listen(s.fd, backlog) != 0) {
+    int err = errno;
+    if (addr.unix_path) unlink(addr.path_or_host.c_str());
+    fail_errno(what.c_str(), err);
+  }
+  return s.release();
+}
+
+int accept_on(int listen_fd, Address* peer) {
+  sockaddr_storage a{};
+  socklen_t len = sizeof a;
+  int fd;
+  do fd = accept4(listen_fd, reinterpret_cast<sockaddr*>(&a), &len, SOCK_CLOEXEC);
+  while (fd < 0 && errno == EINTR);
+  if (fd < 0) fail_errno("accept", errno);
+  if (a.ss_family == AF_INET) {
+    set_nodelay(fd);
+    read_inet(reinterpret_cast<sockaddr_in&>(a), peer);
+  } else {
+    *peer = Address{};
+  }
+  return fd;
+}
+
+int connect_to(const Address& addr) {
+  OwnedFd s{socket(addr.unix_path ? AF_UNIX : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+  if (s.fd < 0) fail_errno("socket", errno);
+  int r;
+  if (addr.unix_path) {
+    sockaddr_un a = unix_address(addr.path_or_host);
+    r = connect(s.fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  } else {
+    sockaddr_in a = inet_address(addr);
+    r = connect(s.fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  }
+  // An interrupted connect goes on in the background: wait for its outcome.
+  if (r != 0 && errno == EINTR) {
+    poll_fd(s.fd, POLLOUT, -1);
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    r = err == 0 ? 0 : -1;
+    errno = err;
+  }
+  if (r != 0) fail_errno(("cannot connect to " + describe(addr)).c_str(), errno);
+  if (!addr.unix_path) set_nodelay(s.fd);
+  return s.release();
+}
+
+// -- Authentication ------------------------------------------------------------------
+
+namespace {
+
+constexpr std::string_view kChallenge = "#CHALLENGE#";
+constexpr std::string_view kWelcome = "#WELCOME#";
+constexpr std::string_view kFailure = "#FAILURE#";
+constexpr size_t kNonceSize = 32;
+constexpr size_t kDigestSize = 32;
+constexpr uint64_t kMaxHandshake = 256;
+
+std::string random_bytes(size_t n) {
+  std::string out(n, '\0');
+  for (size_t off = 0; off < n;) {
+    ssize_t r = getrandom(out.data() + off, n - off, 0);
+    if (r < 0 && errno != EINTR) fail_errno("getrandom", errno);
+    if (r > 0) off += static_cast<size_t>(r);
+  }
+  return out;
+}
+
+std::string hmac_sha256(std::string_view key, std::string_view msg) {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  if (!HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+            reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out, &len))
+    fail(ErrType::AuthenticationError, "HMAC-SHA256 failed");
+  return std::string(reinterpret_cast<char*>(out), len);
+}
+
+// A handshake frame; the peer closing or sending nonsense is an
+// authentication failure, whatever the transport error was.
+std::string_view recv_handshake(Channel& ch) {
+  try {
+    return ch.recv_frame(kMaxHandshake);
+  } catch (const Error& e) {
+    fail(ErrType::AuthenticationError, "authkey challenge failed: %s", e.what());
+  }
+}
+
+void send_handshake(Channel& ch, std::string_view msg) {
+  try {
+    ch.send_frame(msg);
+  } catch (const Error& e) {
+    fail(ErrType::AuthenticationError, "authkey challenge failed: %s", e.what());
+  }
+}
+
+}  // namespace
+
+void deliver_challenge(Channel& ch, std::string_view key) {
+  std::string message = std::string(kChallenge) + random_bytes(kNonceSize);
+  send_handshake(ch, message);
+  std::string expected = hmac_sha256(key, message);
+  std::string_view answer = recv_handshake(ch);
+  bool good = answer.size() == kDigestSize && CRYPTO_memcmp(answer.data(), expected.data(), kDigestSize) == 0;
+  send_handshake(ch, good ? kWelcome : kFailure);
+  if (!good) fail(ErrType::AuthenticationError, "digest received was wrong (the peer has another authkey)");
+}
+
+void answer_challenge(Channel& ch, std::string_view key) {
+  std::string_view message = recv_handshake(ch);
+  if (!message.starts_with(kChallenge) || message.size() != kChallenge.size() + kNonceSize)
+    fail(ErrType::AuthenticationError, "authkey challenge failed: the peer sent no challenge");
+  send_handshake(ch, hmac_sha256(key, message));
+  std::string_view reply = recv_handshake(ch);
+  if (reply != kWelcome)
+    fail(ErrType::AuthenticationError, "digest sent was rejected (the peer has another authkey)");
+}
+
+// -- Waiting -------------------------------------------------------------------------
+
+std::vector<bool> wait_fds(const std::vector<int>& fds, double timeout) {
+  std::vector<pollfd> p(fds.size());
+  for (size_t i = 0; i < fds.size(); ++i) p[i] = pollfd{fds[i], POLLIN, 0};
+  double deadline = timeout < 0 ? 0 : now() + timeout;
+  std::vector<bool> ready(fds.size(), false);
+  for (;;) {
+    int ms = -1;
+    if (timeout >= 0) {
+      double left = deadline - now();
+      ms = left <= 0 ? 0 : static_cast<int>(std::min(left * 1000.0 + 0.999, 2e9));
+    }
+    int r = ::poll(p.data(), p.size(), ms);
+    if (r < 0 && errno != EINTR) fail_errno("poll", errno);
+    if (r > 0) break;
+    if (r == 0 && timeout >= 0 && now() >= deadline) return ready;
+  }
+  for (size_t i = 0; i < fds.size(); ++i) {
+    if (p[i].revents & POLLNVAL) fail(ErrType::OSError, "wait: fd %d is not open", fds[i]);
+    ready[i] = p[i].revents != 0;
+  }
+  return ready;
+}
+
+// -- Taking another process's fd --------------------------------------------------
+
+FdId fd_id(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) fail_errno("fstat", errno);
+  return FdId{static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+}
+
+int fd_from_process(pid_t pid, int fd, FdId expected) {
+  OwnedFd pidfd{pidfd_open(pid, 0)};
+  if (pidfd.fd < 0)
+    fail(ErrType::OSError, "cannot receive a Connection from process %d (pidfd_open: %s); the sender must "
+         "stay alive until it is received", pid, strerror(errno));
+  OwnedFd copy{pidfd_getfd(pidfd.fd, fd, 0)};
+  if (copy.fd < 0)
+    fail(ErrType::OSError, "cannot receive a Connection from process %d (pidfd_getfd: %s); the sender must "
+         "keep it open until it is received", pid, strerror(errno));
+  if (!(fd_id(copy.fd) == expected))
+    fail(ErrType::OSError, "cannot receive a Connection from process %d: it was closed there before it "
+         "was received", pid);
+  return copy.release();
+}
+
+}  // namespace luamp::conn

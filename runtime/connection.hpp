@@ -1,0 +1,145 @@
+// connection.hpp — the transport of Pipe() and Listener/Client connections:
+// length-prefixed frames on a stream socket, socket set-up, the HMAC-SHA256
+// authkey challenge, waiting on many fds, and taking a copy of another
+// process's fd.
+//
+// Provides: luamp::conn — Channel (one end: framed send/recv with a reused
+//           receive buffer), socket_pair / listen / accept / connect,
+//           deliver_challenge / answer_challenge, wait_fds, fd_from_process.
+// Uses:     AF_UNIX socketpair, AF_UNIX / AF_INET stream sockets, poll,
+//           OpenSSL libcrypto (HMAC-SHA256, CRYPTO_memcmp), getrandom,
+//           pidfd_open + pidfd_getfd (Linux 5.6+).
+// Fork-safe: a Channel is plain memory and an fd; a forked child inherits
+//           both (as Python's Connection is inherited). No global state but
+//           the cached CPU count that decides whether a receiver spins.
+// Errors:   throws luamp::Error — EOFError (the peer closed, nothing left),
+//           BrokenPipeError (send to a closed peer: MSG_NOSIGNAL, never
+//           SIGPIPE), OSError (a corrupt frame header, a message over the
+//           caller's maxlength, socket errors), AuthenticationError.
+//
+// Frame: an 8-byte header — 2 magic bytes 0x4C 0x4D ("LM") and the payload
+// length as a 48-bit little-endian integer — then the payload. The magic
+// makes bytes that are not a frame (a test writing garbage, a stranger on a
+// TCP port) an OSError at once instead of a wait for petabytes; the length
+// itself is not capped below 2^48, so any message that fits in memory passes.
+#pragma once
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace luamp::conn {
+
+inline constexpr size_t kHeaderSize = 8;
+inline constexpr uint64_t kMaxFrame = (uint64_t{1} << 48) - 1;
+inline constexpr uint64_t kNoLimit = UINT64_MAX;
+
+// Writes the header of a `len`-byte payload at `out` (kHeaderSize bytes).
+void put_header(char* out, uint64_t len);
+// Returns the payload length; throws OSError when `in` is not a header.
+uint64_t parse_header(const char* in);
+
+// One end of a connection. Owns its fd (closed by close() or the destructor).
+class Channel {
+ public:
+  explicit Channel(int fd) : fd_(fd) {}
+  ~Channel() { close(); }
+  Channel(const Channel&) = delete;
+  Channel& operator=(const Channel&) = delete;
+
+  int fd() const { return fd_; }
+  bool closed() const { return fd_ < 0; }
+  void close();
+
+  // The send buffer, reused between messages: a caller appends a payload
+  // after prepare_send() and calls send_prepared(). One syscall for the
+  // whole frame in the common case.
+  std::string& prepare_send();
+  void send_prepared();
+  // Sends `payload` as one frame without copying it.
+  void send_frame(std::string_view payload);
+
+  // Returns the next frame's payload, valid until the next recv_frame. Blocks
+  // until a whole frame arrived. Throws EOFError when the peer has closed and
+  // nothing is left, OSError (and leaves the frame unread) when the payload
+  // is longer than `maxlength`.
+  std::string_view recv_frame(uint64_t maxlength = kNoLimit);
+  // True once a frame (or part of one) can be read without blocking;
+  // timeout < 0: no limit.
+  bool poll(double timeout);
+
+  // Bytes read from the socket but not yet returned (the receive side reads
+  // ahead). They travel with the fd when the connection is sent elsewhere.
+  std::string_view buffered() const;
+  void set_buffered(std::string_view bytes);
+
+ private:
+  void fill();                // reads more bytes into the buffer (blocks)
+  void ensure(size_t bytes);  // buffer holds at least `bytes` unread bytes
+  std::string_view recv_large(uint64_t len);
+
+  int fd_;
+  std::string out_;
+  std::unique_ptr<char[]> in_;  // receive buffer, kInCapacity bytes
+  size_t start_ = 0, end_ = 0;  // unread bytes: in_[start_, end_)
+  std::unique_ptr<char[]> large_;  // a frame larger than the buffer
+};
+
+// -- Sockets -----------------------------------------------------------------
+
+// A connected AF_UNIX SOCK_STREAM pair (close-on-exec).
+void socket_pair(int fds[2]);
+
+struct Address {
+  bool unix_path = true;  // AF_UNIX path, else AF_INET host/port
+  std::string path_or_host;
+  int port = 0;
+};
+
+// Listens on `addr`; returns the fd and fills `bound` with the real address
+// (the port picked for port 0). A Unix path that exists is an OSError
+// (FileExistsError), as in Python.
+int listen_on(const Address& addr, int backlog, Address* bound);
+// Accepts one connection; `peer` gets its address (TCP only).
+int accept_on(int listen_fd, Address* peer);
+// Connects to `addr`. ConnectionRefusedError / FileNotFoundError when nobody
+// listens there.
+int connect_to(const Address& addr);
+
+// -- Authentication ------------------------------------------------------------
+//
+// Python's deliver_challenge / answer_challenge over frames: the challenger
+// sends "#CHALLENGE#" + 32 random bytes, the other end answers with
+// HMAC-SHA256(key, that message), the challenger replies "#WELCOME#" or
+// "#FAILURE#". Both directions run, so each side proves the key to the
+// other. Throws AuthenticationError on either side when the keys differ.
+
+void deliver_challenge(Channel& ch, std::string_view key);
+void answer_challenge(Channel& ch, std::string_view key);
+
+// -- Waiting -------------------------------------------------------------------
+
+// Waits until one of `fds` is readable (or hung up); timeout < 0: no limit.
+// Returns one flag per fd (all false on timeout).
+std::vector<bool> wait_fds(const std::vector<int>& fds, double timeout);
+
+// -- Taking another process's fd ----------------------------------------------
+
+// What an open file is, whichever process holds it and under what number.
+struct FdId {
+  uint64_t dev = 0, ino = 0;
+  bool operator==(const FdId&) const = default;
+};
+FdId fd_id(int fd);
+
+// A copy of fd `fd` of process `pid` (pidfd_getfd), close-on-exec, checked
+// to be the file `expected` (the number may have been reused since). Throws
+// OSError with the reason when the kernel refuses (process gone, fd closed,
+// no permission, Linux older than 5.6) or the file is another one.
+int fd_from_process(pid_t pid, int fd, FdId expected);
+
+}  // namespace luamp::conn

@@ -1,0 +1,267 @@
+-- multiprocessing.connection — Pipe(), Connection, wait(), Listener and
+-- Client: framed messages over stream sockets (AF_UNIX socketpairs for
+-- Pipe, Unix or TCP sockets for Listener/Client).
+--
+--   local a, b = mp.Pipe()
+--   a:send({42, nil, "hello"}); print(b:recv()[3])          --> hello
+--   local l = mp.connection.Listener{address = {"127.0.0.1", 0}, authkey = "k"}
+--   -- elsewhere: mp.connection.Client(l.address, nil, "k"):send("hi")
+--   local c = l:accept(); print(c:recv())                    --> hi
+--
+-- The hot methods (send, recv, send_bytes, recv_bytes, poll) are C
+-- functions of the Connection userdata (host/l_connection.cpp); this module
+-- adds the rest. Differences from Python: a Listener or Client without
+-- authkey carries data only (receiving a function raises SerializationError
+-- and runs nothing); a Connection sent to a child travels as its fd with
+-- every start method; one sent in a message (a queue, another pipe) is
+-- copied from the sender with pidfd_getfd, so the sender must keep it open
+-- until it is received.
+local core = require("luamp.core")
+local ffi = require("ffi")
+local util = require("multiprocessing.util")
+
+local type, rawget, getmetatable, setmetatable, tonumber, ipairs, floor =
+  type, rawget, getmetatable, setmetatable, tonumber, ipairs, math.floor
+local raise = core.error
+
+local M = {}
+
+local mt, methods = core.conn_metatable()
+local registry = debug.getregistry()
+-- bootstrap.lua sets this list while it encodes (and decodes) a start
+-- payload: a Connection then travels as an index into the fds that go with
+-- the payload.
+local PAYLOAD_FDS = "luamp.payload_fds"
+
+local function named(t)
+  return type(t) == "table" and rawget(t, 1) == nil and getmetatable(t) == nil
+end
+
+local function is_connection(v)
+  return type(v) == "userdata" and getmetatable(v) == mt
+end
+
+-- mp.Pipe([duplex]) -> a, b; with duplex false, a only receives, b only sends
+function M.Pipe(duplex)
+  if named(duplex) then duplex = duplex.duplex end
+  if duplex ~= nil and type(duplex) ~= "boolean" then
+    raise("TypeError", "Pipe: argument #1 (duplex) expected a boolean or nil, got " .. type(duplex))
+  end
+  return core.conn_pipe(duplex ~= false)
+end
+
+-- -- recv_bytes_into ------------------------------------------------------------
+
+local ITEM_SIZE = { b = 1, B = 1, c = 1, ["?"] = 1, h = 2, H = 2, i = 4, I = 4, f = 4,
+                    l = 8, L = 8, q = 8, Q = 8, d = 8 }
+
+-- The writable bytes of an Array (any typecode) or a SharedMemory.
+local function buffer_span(buffer)
+  if type(buffer) == "cdata" and ITEM_SIZE[buffer.typecode] and buffer.ptr then
+    return buffer:ptr(), #buffer * ITEM_SIZE[buffer.typecode]
+  end
+  if type(buffer) == "table" and type(buffer.size) == "number" and rawget(buffer, "_offset") then
+    if buffer.buf == nil then raise("ValueError", "recv_bytes_into: the SharedMemory is closed") end
+    return buffer.buf, buffer.size
+  end
+  raise("TypeError", "recv_bytes_into: argument #1 (buffer) expected an Array or a SharedMemory, got " .. type(buffer))
+end
+
+-- Connection:recv_bytes_into(buffer [, offset]) -> number of bytes written at
+-- byte `offset`; BufferTooShort (the message in err.value) when they do not fit
+function methods.recv_bytes_into(self, buffer, offset)
+  local ptr, size = buffer_span(buffer)
+  offset = offset or 0
+  if type(offset) ~= "number" or offset ~= floor(offset) then
+    raise("TypeError", "recv_bytes_into: argument #2 (offset) expected an integer, got " .. type(offset))
+  end
+  if offset < 0 then raise("ValueError", "recv_bytes_into: negative offset") end
+  if offset > size then raise("ValueError", "recv_bytes_into: offset out of bounds") end
+  return self:_recv_into(tonumber(ffi.cast("uintptr_t", ptr)) + offset, size - offset)
+end
+
+-- -- Handles --------------------------------------------------------------------
+
+-- A Connection travels as its fd: an index into the fds of a start payload,
+-- or (pid, fd, file identity) for the receiver to copy with pidfd_getfd.
+-- Bytes already read ahead from the socket travel too.
+mt.__mp_reduce = function(c)
+  local fd, readable, writable, trusted, buffered = c:_state()
+  local payload = { readable = readable, writable = writable, trusted = trusted, arena = core.shm_id() }
+  if buffered ~= "" then payload.buffered = buffered end
+  local fds = registry[PAYLOAD_FDS]
+  if fds then
+    fds[#fds + 1] = fd
+    payload.slot = #fds
+  else
+    payload.pid, payload.fd = core.getpid(), fd
+    payload.dev, payload.ino = core.conn_fd_id(fd)
+  end
+  return "Connection", payload
+end
+
+local function rebuild(p)
+  if p.arena ~= core.shm_id() then
+    raise("SerializationError", "a Connection belongs to another luamp process tree")
+  end
+  local fd
+  if p.slot then
+    local fds = registry[PAYLOAD_FDS]
+    fd = fds and fds[p.slot]
+    if not fd then
+      raise("SerializationError", "a Connection sent with a process start can only be received by that process")
+    end
+    fds[p.slot] = false  -- taken: bootstrap closes the fds nobody took
+  else
+    fd = core.conn_fd_from_process(p.pid, p.fd, p.dev, p.ino)
+  end
+  return core.conn_wrap(fd, p.readable, p.writable, p.trusted, p.buffered)
+end
+
+registry["luamp.handles"] = registry["luamp.handles"] or {}
+registry["luamp.handles"].Connection = rebuild
+
+-- -- wait -------------------------------------------------------------------------
+
+-- The fd to watch for `o`, and whether it is ready without asking the kernel.
+local function watched_fd(o, i)
+  if type(o) == "number" then return o, false end
+  if is_connection(o) then return o:fileno(), o:_pending() > 0 end
+  if type(o) == "table" and rawget(o, "_identity") then  -- a Process
+    local fd = o.sentinel
+    if fd == nil then raise("ValueError", ("wait: object #%d is a process that was not started"):format(i)) end
+    return fd, false
+  end
+  local fileno = (type(o) == "table" or type(o) == "userdata") and o.fileno
+  if type(fileno) == "function" then return fileno(o), false end
+  raise("TypeError", ("wait: object #%d expected a Connection, a Process or a file descriptor, got %s"):format(i, type(o)))
+end
+
+-- mp.connection.wait(objects [, timeout]) -> the ready objects, in the order given
+function M.wait(objects, timeout)
+  if type(objects) ~= "table" then
+    raise("TypeError", "wait: argument #1 (objects) expected a table, got " .. type(objects))
+  end
+  local fds, pending = {}, {}
+  local any_pending = false
+  for i, o in ipairs(objects) do
+    fds[i], pending[i] = watched_fd(o, i)
+    any_pending = any_pending or pending[i]
+  end
+  local ready = core.conn_wait(fds, any_pending and 0 or timeout)
+  local out = {}
+  for i, o in ipairs(objects) do
+    if ready[i] or pending[i] then out[#out + 1] = o end
+  end
+  return out
+end
+
+-- -- Listener and Client ------------------------------------------------------------
+
+local FAMILIES = { AF_UNIX = true, AF_INET = true }
+
+local function family_of(func, address, family)
+  if family ~= nil then
+    if not FAMILIES[family] then
+      raise("ValueError", ("%s: unknown family %s (AF_UNIX or AF_INET)"):format(func, tostring(family)))
+    end
+    return family
+  end
+  if type(address) == "table" then return "AF_INET" end
+  return "AF_UNIX"
+end
+
+-- is_unix, path or host, port
+local function split_address(func, address, family)
+  if family == "AF_UNIX" then
+    if type(address) ~= "string" then
+      raise("TypeError", ("%s: an AF_UNIX address is a path (string), got %s"):format(func, type(address)))
+    end
+    return true, address, 0
+  end
+  if type(address) ~= "table" or type(address[1]) ~= "string" or type(address[2]) ~= "number" then
+    raise("TypeError", ("%s: an AF_INET address is {host, port}, got %s"):format(func, type(address)))
+  end
+  return false, address[1], address[2]
+end
+
+local function check_authkey(func, authkey)
+  if authkey ~= nil and type(authkey) ~= "string" then
+    raise("TypeError", ("%s: authkey must be a string or nil, got %s"):format(func, type(authkey)))
+  end
+end
+
+-- A connection that runs the challenge (if there is a key) or is closed.
+local function authenticated(fd, authkey, server)
+  local c = core.conn_wrap(fd, true, true, false)
+  if authkey then
+    local ok, err = pcall(c._authenticate, c, authkey, server)
+    if not ok then
+      c:close()
+      error(err, 0)
+    end
+  end
+  return c
+end
+
+local function fresh_socket_path()
+  local dir = os.getenv("TMPDIR")
+  if dir == nil or dir == "" then dir = "/tmp" end
+  local tag = core.urandom(6):gsub(".", function(ch) return ("%02x"):format(ch:byte()) end)
+  return ("%s/luamp-%d-%s.sock"):format(dir, core.getpid(), tag)
+end
+
+local Listener = {}
+Listener.__index = Listener
+Listener.__mp_unsendable = "Listener"
+
+-- Listener(address, family, backlog, authkey) or Listener{address = ..., ...}
+function M.Listener(address, family, backlog, authkey)
+  if named(address) then
+    local t = address
+    address, family, backlog, authkey = t.address, t.family, t.backlog, t.authkey
+  end
+  family = family_of("Listener", address, family)
+  if address == nil and family == "AF_UNIX" then address = fresh_socket_path() end
+  if backlog ~= nil and type(backlog) ~= "number" then
+    raise("TypeError", "Listener: argument #3 (backlog) expected a number, got " .. type(backlog))
+  end
+  check_authkey("Listener", authkey)
+  local is_unix, where, port = split_address("Listener", address, family)
+  local sock, bound, bound_port = core.conn_listen(is_unix, where, port, backlog or 1)
+  local self = setmetatable({ _sock = sock, _authkey = authkey, family = family,
+                              address = is_unix and bound or { bound, bound_port } }, Listener)
+  util.finalize(self, function() sock:close() end)
+  return self
+end
+
+-- Listener:accept() -> Connection (after the challenge when there is an authkey)
+function Listener:accept()
+  local fd, host, port = self._sock:accept()
+  self.last_accepted = host and { host, port } or nil
+  return authenticated(fd, self._authkey, true)
+end
+
+-- Listener:close(): also removes the socket file of a Unix address
+function Listener:close()
+  self._sock:close()
+  util.cancel(self)
+end
+
+function Listener:fileno()
+  return self._sock:fileno()
+end
+
+-- Client(address, family, authkey) or Client{address = ..., family = ..., authkey = ...}
+function M.Client(address, family, authkey)
+  if named(address) then
+    local t = address
+    address, family, authkey = t.address, t.family, t.authkey
+  end
+  family = family_of("Client", address, family)
+  check_authkey("Client", authkey)
+  local is_unix, where, port = split_address("Client", address, family)
+  return authenticated(core.conn_connect(is_unix, where, port), authkey, false)
+end
+
+return M
