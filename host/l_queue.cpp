@@ -124,7 +124,7 @@ int l_close(lua_State* L) {
 
 int l_task_done(lua_State* L) {
   if (!queue::task_done(open_self(L, "task_done")->h))
-    raise_error(L, ErrType::ValueError, "task_done: called more times than there were items");
+    raise_error(L, ErrType::ValueError, "task_done: called too many times (more than items taken)");
   return 0;
 }
 

@@ -80,13 +80,17 @@ struct Signal {
 };
 static_assert(sizeof(Signal) == sizeof(u32) && std::atomic<u32>::is_always_lock_free);
 
+// Words that different processes write are kLine apart: x86 prefetches
+// cache lines in pairs, so 64 bytes apart still ping-pong.
+constexpr size_t kLine = 128;
+
 struct Segment {
   u64 capacity;  // bytes of ring, a power of two
   u64 id;        // unique in its queue: what Handle caches are keyed by
-  alignas(64) std::atomic<u64> tail;  // producers (under the put lock)
-  std::atomic<u64> next;              // the segment that follows, once this one is full
-  alignas(64) std::atomic<u64> head;  // consumers (under the get lock)
-  alignas(64) char ring[];
+  alignas(kLine) std::atomic<u64> tail;  // producers (under the put lock)
+  std::atomic<u64> next;                 // the segment that follows, once this one is full
+  alignas(kLine) std::atomic<u64> head;  // consumers (under the get lock)
+  alignas(kLine) char ring[];
 };
 
 }  // namespace
@@ -95,16 +99,16 @@ struct Header {
   u64 magic;
   Kind kind;
   u64 maxsize;
-  alignas(64) unsigned char put_lock[LUAMP_SYNC_SIZE];
-  alignas(64) unsigned char get_lock[LUAMP_SYNC_SIZE];
-  alignas(64) std::atomic<u64> tail_seg;  // producers' line
+  alignas(kLine) unsigned char put_lock[LUAMP_SYNC_SIZE];  // producers' lines
+  std::atomic<u64> tail_seg;
   std::atomic<u64> puts;
   std::atomic<u64> last_seg_id;
-  alignas(64) std::atomic<u64> head_seg;  // consumers' line
+  alignas(kLine) unsigned char get_lock[LUAMP_SYNC_SIZE];  // consumers' lines
+  std::atomic<u64> head_seg;
   std::atomic<u64> gets;
-  alignas(64) Signal not_empty;
-  alignas(64) Signal not_full;
-  alignas(64) std::atomic<u64> dones;  // JoinableQueue: task_done calls
+  alignas(kLine) Signal not_empty;
+  alignas(kLine) Signal not_full;
+  alignas(kLine) std::atomic<u64> dones;  // JoinableQueue: task_done calls
   Signal all_done;
 };
 
@@ -316,7 +320,7 @@ struct SpillGuard {
 }  // namespace
 
 Handle create(Kind kind, uint64_t maxsize) {
-  uint64_t offset = shm::alloc(sizeof(Header), 64);
+  uint64_t offset = shm::alloc(sizeof(Header), kLine);
   Header* q = header_at(offset);
   q->kind = kind;
   q->maxsize = maxsize;
