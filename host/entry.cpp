@@ -1,15 +1,19 @@
 // entry.cpp — `luamp --luamp-spawn PPID` and `luamp --luamp-forkserver PPID`:
 // the C++ side of a child that does not start as a fork of its parent. The
-// payload (or the configuration) arrives on fd 3, the shared arena on fd 4;
-// the Lua side of the protocol is stdlib/multiprocessing/bootstrap.lua.
+// payload (or the configuration) arrives on fd 3, the shared arena on fd 4,
+// the fds of the Connections among the args from fd 5 on (spawn; their
+// number is argv[3]) or with the payload (forkserver); the Lua side of the
+// protocol is stdlib/multiprocessing/bootstrap.lua.
 #include "entry.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "../runtime/errors.hpp"
 #include "../runtime/forkserver.hpp"
@@ -35,15 +39,20 @@ std::string read_fd(int fd) {
   return out;
 }
 
-// [-0, +0] Calls bootstrap.<fn>(bytes) and returns its integer result;
-// an error is printed and ends the process with status 1.
-int call_bootstrap(lua_State* L, const char* fn, const std::string& bytes) {
+// [-0, +0] Calls bootstrap.<fn>(bytes, {fds...}) and returns its integer
+// result; an error is printed and ends the process with status 1.
+int call_bootstrap(lua_State* L, const char* fn, const std::string& bytes, const std::vector<int>& fds = {}) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "multiprocessing.bootstrap");
   if (lua_pcall(L, 1, 1, 0) == 0) {
     lua_getfield(L, -1, fn);
     lua_pushlstring(L, bytes.data(), bytes.size());
-    if (lua_pcall(L, 1, 1, 0) == 0) {
+    lua_createtable(L, static_cast<int>(fds.size()), 0);
+    for (size_t i = 0; i < fds.size(); ++i) {
+      lua_pushinteger(L, fds[i]);
+      lua_rawseti(L, -2, static_cast<int>(i + 1));
+    }
+    if (lua_pcall(L, 2, 1, 0) == 0) {
       int r = static_cast<int>(lua_tointeger(L, -1));
       lua_pop(L, 2);
       return r;
@@ -53,12 +62,24 @@ int call_bootstrap(lua_State* L, const char* fn, const std::string& bytes) {
   exit_process(EXIT_FAILURE);
 }
 
-int spawned_child_main(pid_t parent) {
+// The fds placed from proc::kFirstPassedFd on, made close-on-exec as
+// every other luamp fd is.
+std::vector<int> passed_fds(int n) {
+  std::vector<int> fds;
+  for (int i = 0; i < n; ++i) {
+    int fd = proc::kFirstPassedFd + i;
+    fcntl(fd, F_SETFD, FD_CLOEXEC);
+    fds.push_back(fd);
+  }
+  return fds;
+}
+
+int spawned_child_main(pid_t parent, int nfds) {
   proc::init_child(parent);
   lua_State* L = new_interpreter();
   std::string payload = read_fd(kPayloadFd);
   close(kPayloadFd);
-  return call_bootstrap(L, "run_payload", payload);
+  return call_bootstrap(L, "run_payload", payload, passed_fds(nfds));
 }
 
 lua_State* g_server_state = nullptr;
@@ -71,17 +92,20 @@ int forkserver_main(pid_t parent) {
   proc::init_child(parent);
   lua_State* L = g_server_state = new_interpreter();
   int idle_target = call_bootstrap(L, "forkserver_init", forkserver::read_config(kPayloadFd));
-  std::string payload = forkserver::serve(kPayloadFd, idle_target > 0 ? idle_target : 2, warm_up);
-  return call_bootstrap(L, "run_payload", payload);
+  std::vector<int> fds;
+  std::string payload = forkserver::serve(kPayloadFd, idle_target > 0 ? idle_target : 2, warm_up, &fds);
+  return call_bootstrap(L, "run_payload", payload, fds);
 }
 
 }  // namespace
 
 int internal_main(int argc, char** argv) {
   pid_t parent = argc >= 3 ? static_cast<pid_t>(atoi(argv[2])) : 0;
+  int nfds = argc >= 4 ? atoi(argv[3]) : 0;
+  if (nfds < 0 || nfds > static_cast<int>(proc::kMaxPassedFds)) nfds = 0;
   try {
     shm::adopt(shm::kInheritedFd);
-    if (strcmp(argv[1], "--luamp-spawn") == 0) return spawned_child_main(parent);
+    if (strcmp(argv[1], "--luamp-spawn") == 0) return spawned_child_main(parent, nfds);
     if (strcmp(argv[1], "--luamp-forkserver") == 0) return forkserver_main(parent);
   } catch (const std::exception& e) {
     fprintf(stderr, "luamp: %s: %s\n", argv[1], e.what());

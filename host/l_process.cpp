@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <string>
+#include <vector>
 
 #include "../runtime/forkserver.hpp"
 #include "../runtime/process.hpp"
@@ -115,9 +116,23 @@ int l_core_start_fork(lua_State* L) {
   return 1;
 }
 
-// core.start_spawn(payload) -> popen, pid
+// The fds to pass with a payload: a table of integers, or nil.
+std::vector<int> opt_fds(lua_State* L, int idx) {
+  std::vector<int> fds;
+  if (lua_isnoneornil(L, idx)) return fds;
+  luaL_checktype(L, idx, LUA_TTABLE);
+  size_t n = lua_objlen(L, idx);
+  for (size_t i = 1; i <= n; ++i) {
+    lua_rawgeti(L, idx, static_cast<int>(i));
+    fds.push_back(static_cast<int>(luaL_checkinteger(L, -1)));
+    lua_pop(L, 1);
+  }
+  return fds;
+}
+
+// core.start_spawn(payload [, fds]) -> popen, pid
 int l_core_start_spawn(lua_State* L) {
-  return push_started(L, proc::spawn_child(check_bytes(L, 1)));
+  return push_started(L, proc::spawn_child(check_bytes(L, 1), opt_fds(L, 2)));
 }
 
 // core.forkserver_start(config): starts this process's forkserver if needed
@@ -136,9 +151,9 @@ int l_core_forkserver_stop(lua_State*) {
   return 0;
 }
 
-// core.start_forkserver(payload) -> popen, pid
+// core.start_forkserver(payload [, fds]) -> popen, pid
 int l_core_start_forkserver(lua_State* L) {
-  return push_started(L, forkserver::dispatch(check_bytes(L, 1)));
+  return push_started(L, forkserver::dispatch(check_bytes(L, 1), opt_fds(L, 2)));
 }
 
 // core.set_executable(path)

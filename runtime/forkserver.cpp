@@ -13,10 +13,12 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "errors.hpp"
 #include "process.hpp"
@@ -97,6 +99,40 @@ bool write_all(int fd, const void* data, size_t len) {
   return true;
 }
 
+// The start of a message on a work channel; the payload follows.
+struct WorkHeader {
+  uint64_t len;
+  uint32_t nfds;  // fds attached to the header (SCM_RIGHTS)
+  uint32_t reserved;
+};
+
+// Sends the header with `fds` attached, then the payload. False when the
+// child is gone.
+bool send_work(int chan, std::string_view payload, const std::vector<int>& fds) {
+  WorkHeader w{payload.size(), static_cast<uint32_t>(fds.size()), 0};
+  iovec iov{&w, sizeof w};
+  msghdr h{};
+  h.msg_iov = &iov;
+  h.msg_iovlen = 1;
+  std::vector<char> cbuf(CMSG_SPACE(fds.size() * sizeof(int)));
+  if (!fds.empty()) {
+    h.msg_control = cbuf.data();
+    h.msg_controllen = cbuf.size();
+    cmsghdr* c = CMSG_FIRSTHDR(&h);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(fds.size() * sizeof(int));
+    memcpy(CMSG_DATA(c), fds.data(), fds.size() * sizeof(int));
+  }
+  ssize_t n;
+  do n = sendmsg(chan, &h, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) return false;
+  // The fds went with the first byte; the rest of the header is plain data.
+  return write_all(chan, reinterpret_cast<char*>(&w) + n, sizeof w - static_cast<size_t>(n)) &&
+         write_all(chan, payload.data(), payload.size());
+}
+
 bool read_all(int fd, void* data, size_t len) {
   auto* p = static_cast<char*>(data);
   while (len > 0) {
@@ -171,19 +207,48 @@ struct Server {
   std::deque<Msg> outbox;  // STATUS messages the client has not taken yet
 };
 
-// In a new idle child: wait for work. Returns the payload; exits on EOF.
-std::string idle_child_wait(int chan) {
-  uint64_t len;
-  if (!read_all(chan, &len, sizeof len)) _exit(0);
-  std::string payload(len, '\0');
-  if (!read_all(chan, payload.data(), len)) _exit(0);
+// Receives a WorkHeader and the fds attached to it. False on EOF.
+bool recv_work_header(int chan, WorkHeader* w, std::vector<int>* fds) {
+  iovec iov{w, sizeof *w};
+  std::vector<char> cbuf(CMSG_SPACE(proc::kMaxPassedFds * sizeof(int)));
+  msghdr h{};
+  h.msg_iov = &iov;
+  h.msg_iovlen = 1;
+  h.msg_control = cbuf.data();
+  h.msg_controllen = cbuf.size();
+  ssize_t n;
+  do n = recvmsg(chan, &h, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  if (n <= 0) return false;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    size_t at = fds->size();
+    fds->resize(at + k);
+    memcpy(fds->data() + at, CMSG_DATA(c), k * sizeof(int));
+  }
+  return read_all(chan, reinterpret_cast<char*>(w) + n, sizeof *w - static_cast<size_t>(n));
+}
+
+// In a new idle child: wait for work. Returns the payload and its fds;
+// exits on EOF, and with status 1 when fds were lost on the way (the
+// child's fd limit): its Connections could not work.
+std::string idle_child_wait(int chan, std::vector<int>* fds) {
+  WorkHeader w;
+  if (!recv_work_header(chan, &w, fds)) _exit(0);
+  if (fds->size() != w.nfds) {
+    fprintf(stderr, "luamp: a forkserver child received %zu of %u Connection fds\n", fds->size(), w.nfds);
+    _exit(1);
+  }
+  std::string payload(w.len, '\0');
+  if (!read_all(chan, payload.data(), w.len)) _exit(0);
   proc::set_exit_report_fd(chan);
   return payload;
 }
 
 // Forks one idle child and announces it. Returns 0 in the child, which has
-// then been handed `payload`.
-pid_t make_idle_child(Server& s, std::string* payload) {
+// then been handed `payload` and `fds`.
+pid_t make_idle_child(Server& s, std::string* payload, std::vector<int>* work_fds) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) fail_errno("socketpair", errno);
   pid_t server = getpid();
@@ -200,7 +265,7 @@ pid_t make_idle_child(Server& s, std::string* payload) {
     sigprocmask(SIG_SETMASK, &s.old_mask, nullptr);
     proc::init_child(server);
     s.warm_up();
-    *payload = idle_child_wait(sv[1]);
+    *payload = idle_child_wait(sv[1], work_fds);
     return 0;
   }
   close(sv[1]);
@@ -280,7 +345,8 @@ void ensure_started(std::string_view config) {
   }
 }
 
-pid_t dispatch(std::string_view payload) {
+pid_t dispatch(std::string_view payload, const std::vector<int>& fds) {
+  proc::check_passed_fds(fds);
   if (!running()) fail(ErrType::ProcessError, "the forkserver is not running");
   for (;;) {
     client_drain();
@@ -292,8 +358,7 @@ pid_t dispatch(std::string_view payload) {
     }
     Idle i = g_client->idle.front();
     g_client->idle.pop_front();
-    uint64_t len = payload.size();
-    if (!write_all(i.chan, &len, sizeof len) || !write_all(i.chan, payload.data(), payload.size())) {
+    if (!send_work(i.chan, payload, fds)) {
       close_idle(i);  // died while idle (killed from outside): take the next
       continue;
     }
@@ -355,7 +420,7 @@ std::string read_config(int ctrl) {
   }
 }
 
-std::string serve(int ctrl, int idle_target, void (*warm_up)()) {
+std::string serve(int ctrl, int idle_target, void (*warm_up)(), std::vector<int>* fds) {
   Server s;
   s.ctrl = ctrl;
   s.warm_up = warm_up;
@@ -368,7 +433,7 @@ std::string serve(int ctrl, int idle_target, void (*warm_up)()) {
   for (;;) {
     while (static_cast<int>(s.idle.size()) < idle_target) {
       std::string payload;
-      if (make_idle_child(s, &payload) == 0) return payload;
+      if (make_idle_child(s, &payload, fds) == 0) return payload;
     }
     pollfd p[2] = {{s.ctrl, static_cast<short>(POLLIN | (s.outbox.empty() ? 0 : POLLOUT)), 0},
                    {s.sigfd, POLLIN, 0}};

@@ -15,7 +15,8 @@
 // channel, pidfd] for each new idle child; STATUS(pid, wait status) for every
 // child it reaps. The first client message is the configuration (bytes of
 // the serializer, read by the stdlib). On the work channel the client writes
-// a u64 length and the payload; the child writes its 4-byte exit code just
+// a WorkHeader (payload length, number of fds) with the fds that go with the
+// payload attached (SCM_RIGHTS), then the payload; the child writes its 4-byte exit code just
 // before it exits, so a normal join needs no hop through the server; after a
 // signal the code comes from STATUS.
 #pragma once
@@ -23,6 +24,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace luamp::forkserver {
 
@@ -31,9 +33,10 @@ namespace luamp::forkserver {
 // Starts the server (once per process) with `config` as its first message.
 void ensure_started(std::string_view config);
 bool running();
-// Hands `payload` to an idle child; returns its pid, registered in proc as
-// Method::forkserver. Blocks only if no idle child is ready yet.
-pid_t dispatch(std::string_view payload);
+// Hands `payload` and copies of `fds` (see proc::kMaxPassedFds) to an idle
+// child; returns its pid, registered in proc as Method::forkserver. Blocks
+// only if no idle child is ready yet.
+pid_t dispatch(std::string_view payload, const std::vector<int>& fds = {});
 // The exit code of a forkserver child whose pidfd became readable and that
 // reported nothing itself (it died by a signal).
 int await_status(pid_t pid);
@@ -46,9 +49,10 @@ void forget_in_child();
 // Reads the configuration message (returned through `config`).
 std::string read_config(int ctrl);
 // Runs the server loop on `ctrl`. Returns only in an idle child that was
-// handed work: the payload it must run. The server itself exits when the
+// handed work: the payload it must run (and the fds that came with it, in
+// `fds`, close-on-exec). The server itself exits when the
 // client closes the control socket. Each new idle child calls `warm_up`
 // before it waits: work it can do in advance is off the critical path.
-std::string serve(int ctrl, int idle_target, void (*warm_up)());
+std::string serve(int ctrl, int idle_target, void (*warm_up)(), std::vector<int>* fds);
 
 }  // namespace luamp::forkserver

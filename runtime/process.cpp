@@ -222,27 +222,43 @@ void set_executable(std::string_view path) { g_executable = path; }
 
 namespace {
 
-// A copy of `fd` numbered 10 or above, so that placing the child's fds 3
-// and 4 cannot overwrite one source with the other.
-int high_dup(int fd) {
-  int copy = fcntl(fd, F_DUPFD_CLOEXEC, 10);
+// A copy of `fd` numbered `floor` or above, so that placing the child's fds
+// 3, 4, 5, ... cannot overwrite one source with another.
+int high_dup(int fd, int floor) {
+  int copy = fcntl(fd, F_DUPFD_CLOEXEC, floor);
   if (copy < 0) fail_errno("fcntl(F_DUPFD)", errno);
   return copy;
 }
 
 }  // namespace
 
-pid_t spawn_exe(std::string_view role, int fd) {
+void check_passed_fds(const std::vector<int>& fds) {
+  if (fds.size() > kMaxPassedFds)
+    fail(ErrType::ValueError, "cannot pass %zu Connections to one process (at most %zu)", fds.size(),
+         kMaxPassedFds);
+}
+
+pid_t spawn_exe(std::string_view role, int fd, const std::vector<int>& fds) {
+  check_passed_fds(fds);
   shm::ensure();
   fflush(nullptr);
-  int payload_fd = high_dup(fd);
-  int arena_fd = high_dup(shm::fd());
+  int floor = kFirstPassedFd + static_cast<int>(fds.size()) + 5;
+  std::vector<int> sources;  // payload, arena, then fds
+  try {
+    for (int f : {fd, shm::fd()}) sources.push_back(high_dup(f, floor));
+    for (int f : fds) sources.push_back(high_dup(f, floor));
+  } catch (...) {
+    for (int s : sources) close(s);
+    throw;
+  }
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t attr;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, payload_fd, 3);
-  posix_spawn_file_actions_adddup2(&fa, arena_fd, shm::kInheritedFd);
-  posix_spawn_file_actions_addclosefrom_np(&fa, shm::kInheritedFd + 1);
+  posix_spawn_file_actions_adddup2(&fa, sources[0], 3);
+  posix_spawn_file_actions_adddup2(&fa, sources[1], shm::kInheritedFd);
+  for (size_t i = 0; i < fds.size(); ++i)
+    posix_spawn_file_actions_adddup2(&fa, sources[2 + i], kFirstPassedFd + static_cast<int>(i));
+  posix_spawn_file_actions_addclosefrom_np(&fa, kFirstPassedFd + static_cast<int>(fds.size()));
   posix_spawnattr_init(&attr);
   sigset_t none, all;
   sigemptyset(&none);
@@ -252,23 +268,23 @@ pid_t spawn_exe(std::string_view role, int fd) {
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   std::string flag = "--luamp-" + std::string(role);
   std::string parent = std::to_string(getpid());
-  char* argv[] = {const_cast<char*>("luamp"), flag.data(), parent.data(), nullptr};
+  std::string nfds = std::to_string(fds.size());
+  char* argv[] = {const_cast<char*>("luamp"), flag.data(), parent.data(), nfds.data(), nullptr};
   pid_t pid;
   int err = posix_spawn(&pid, executable().c_str(), &fa, &attr, argv, environ);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
-  close(payload_fd);
-  close(arena_fd);
+  for (int s : sources) close(s);
   if (err != 0) fail_errno(("cannot start " + executable()).c_str(), err);
   return pid;
 }
 
-pid_t spawn_child(std::string_view payload) {
+pid_t spawn_child(std::string_view payload, const std::vector<int>& fds) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) fail_errno("socketpair", errno);
   pid_t pid;
   try {
-    pid = spawn_exe("spawn", sv[1]);
+    pid = spawn_exe("spawn", sv[1], fds);
   } catch (...) {
     close(sv[0]);
     close(sv[1]);

@@ -20,6 +20,7 @@
 
 #include <optional>
 #include <string_view>
+#include <vector>
 
 namespace luamp::proc {
 
@@ -51,14 +52,25 @@ void release_child(pid_t pid);
 // (registered under `method`). Throws OSError when fork fails.
 pid_t fork_child(Method method);
 
-// Starts a fresh luamp executable as `exe --luamp-<role> <parent-pid>` with
-// `fd` as its fd 3, the shared arena as its fd 4 (shm::kInheritedFd) and
-// every other fd but 0-2 closed; returns its pid (not registered). The
-// executable defaults to this process's own.
-pid_t spawn_exe(std::string_view role, int fd);
+// Fds that travel with a start payload (the Connections among a Process's
+// args): a spawned child finds them from fd kFirstPassedFd on, a forkserver
+// child receives them with SCM_RIGHTS. At most kMaxPassedFds (the kernel's
+// SCM_MAX_FD), so both methods take the same processes.
+inline constexpr int kFirstPassedFd = 5;
+inline constexpr size_t kMaxPassedFds = 253;
+// Throws ValueError when there are too many.
+void check_passed_fds(const std::vector<int>& fds);
+
+// Starts a fresh luamp executable as `exe --luamp-<role> <parent-pid>
+// <nfds>` with `fd` as its fd 3, the shared arena as its fd 4
+// (shm::kInheritedFd), `fds` as its fds 5, 6, ... and every other fd but
+// 0-2 closed; returns its pid (not registered). The executable defaults to
+// this process's own.
+pid_t spawn_exe(std::string_view role, int fd, const std::vector<int>& fds = {});
 // Start method "spawn": spawn_exe("spawn") with `payload` readable on its
-// fd 3 (then EOF); returns its pid, registered as Method::spawn.
-pid_t spawn_child(std::string_view payload);
+// fd 3 (then EOF) and `fds` from fd 5 on; returns its pid, registered as
+// Method::spawn.
+pid_t spawn_child(std::string_view payload, const std::vector<int>& fds = {});
 void set_executable(std::string_view path);
 
 // Called first thing in any new child (fork, spawn, forkserver): death

@@ -12,6 +12,12 @@ local class = require("multiprocessing.class")
 
 local M = {}
 
+-- While a start payload is encoded (and decoded), registry[PAYLOAD_FDS] is
+-- the list of fds that travel with it: a Connection among the args puts its
+-- fd there and travels as its index (connection.lua).
+local PAYLOAD_FDS = "luamp.payload_fds"
+local registry = debug.getregistry()
+
 local function traceback(err)
   return debug.traceback(tostring(err), 2)
 end
@@ -58,11 +64,13 @@ local function report_unsendable(proc, state)
   core.dumps(state, "process")
 end
 
--- The serialized form of `proc` for spawn and forkserver children. The
--- module paths come first, in a message of their own: decoding the rest may
--- `require` modules found through them.
+-- The serialized form of `proc` for spawn and forkserver children, and the
+-- fds that go with it. The module paths come first, in a message of their
+-- own: decoding the rest may `require` modules found through them.
 function M.payload(proc, method)
   local state = state_of(proc)
+  local fds = {}
+  registry[PAYLOAD_FDS] = fds
   local ok, bytes = pcall(core.dumps, {
     method = method,
     authkey = process.authkey(),
@@ -72,16 +80,24 @@ function M.payload(proc, method)
     args = proc._args,
     state = state,
   })
+  registry[PAYLOAD_FDS] = nil
   if not ok then
     report_unsendable(proc, state)
     error(bytes, 0)
   end
-  return core.dumps({ path = package.path, cpath = package.cpath, data = bytes })
+  return core.dumps({ path = package.path, cpath = package.cpath, data = bytes }), fds
 end
 
--- Returns the decoded message and the Process object it describes.
-local function decode_process(data)
-  local d = core.loads(data)
+-- Returns the decoded message and the Process object it describes; `fds`
+-- are those that came with the payload (an fd no Connection took is closed).
+local function decode_process(data, fds)
+  registry[PAYLOAD_FDS] = fds
+  local ok, d = pcall(core.loads, data)
+  registry[PAYLOAD_FDS] = nil
+  for _, fd in ipairs(fds or {}) do
+    if fd then core.close_fd(fd) end
+  end
+  if not ok then error(d, 0) end
   local state = d.state
   local proc = setmetatable(state.fields, class.rebuild(state.class))
   proc._target, proc._args = d.target, d.args
@@ -89,12 +105,12 @@ local function decode_process(data)
 end
 
 -- Spawned and forkserver children: decode the payload and run it.
-function M.run_payload(bytes)
+function M.run_payload(bytes, fds)
   collectgarbage("stop")
   local mp = require("multiprocessing")  -- registers the classes decoding needs
   local outer = core.loads(bytes, true)
   package.path, package.cpath = outer.path, outer.cpath
-  local ok, d, proc = xpcall(decode_process, traceback, outer.data)
+  local ok, d, proc = xpcall(decode_process, traceback, outer.data, fds)
   if not ok then
     io.stderr:write("luamp: cannot start the process: ", d, "\n")
     core.exit(1)

@@ -41,13 +41,13 @@ end
 
 -- A server that died (killed from outside) is replaced once, transparently.
 function M.start(proc)
-  local payload = bootstrap.payload(proc, "forkserver")
+  local payload, fds = bootstrap.payload(proc, "forkserver")
   ensure_server()
-  local ok, popen, pid = pcall(core.start_forkserver, payload)
+  local ok, popen, pid = pcall(core.start_forkserver, payload, fds)
   if ok then return popen, pid end
   if core.forkserver_running() then error(popen, 0) end
   ensure_server()
-  return core.start_forkserver(payload)
+  return core.start_forkserver(payload, fds)
 end
 
 return M
