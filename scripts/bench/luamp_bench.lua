@@ -203,6 +203,63 @@ workload("start_join_parallel_fork", {
   end,
 })
 
+--------------------------------------------------------------------- pipes
+
+-- Child of pipe_pingpong / pipe_bytes_pingpong: echoes n messages back.
+local function echo_objects(conn, n)
+  for _ = 1, n do conn:send(conn:recv()) end
+end
+
+local function echo_bytes(conn, n)
+  for _ = 1, n do conn:send_bytes(conn:recv_bytes()) end
+end
+
+-- CPython sends ("ping", 12345), a 2-tuple; its Lua form is a 2-element table.
+local function pingpong(raw, p)
+  local ctx, n, warm = mp.get_context("fork"), p.n, p.warmup
+  local samples, ok = {}, true
+  for r = 1, p.reps do
+    local a, b = ctx.Pipe()
+    local pr = ctx.Process{ target = raw and echo_bytes or echo_objects, args = { b, warm + n } }
+    pr:start()
+    b:close()
+    local send, recv = a.send, a.recv
+    if raw then send, recv = a.send_bytes, a.recv_bytes end
+    local msg = raw and "12345678" or { "ping", 12345 }
+    for _ = 1, warm do
+      send(a, msg)
+      recv(a)
+    end
+    local reply
+    local t0 = clock()
+    for _ = 1, n do
+      send(a, msg)
+      reply = recv(a)
+    end
+    samples[r] = (clock() - t0) * 1e6 / n
+    pr:join()
+    a:close()
+    if raw then ok = ok and reply == msg
+    else ok = ok and reply[1] == "ping" and reply[2] == 12345 and #reply == 2 end
+    ok = ok and pr.exitcode == 0
+  end
+  return { metric("us_per_roundtrip", "us", samples, ok) }
+end
+
+workload("pipe_pingpong", {
+  full = { n = 20000, warmup = 100, start_method = "fork" },
+  quick = { n = 5000, warmup = 100, start_method = "fork" },
+  needs = { "Process", "get_context", "Pipe" },
+  run = function(p) return pingpong(false, p) end,
+})
+
+workload("pipe_bytes_pingpong", {
+  full = { n = 20000, warmup = 100, size = 8, start_method = "fork" },
+  quick = { n = 5000, warmup = 100, size = 8, start_method = "fork" },
+  needs = { "Process", "get_context", "Pipe" },
+  run = function(p) return pingpong(true, p) end,
+})
+
 ------------------------------------------------------------ synchronisation
 
 -- Child of lock_contended: waits for `go`, then n increments, each holding
