@@ -1,15 +1,13 @@
-// l_queue.cpp — luamp.core: the queue objects as Lua sees them. A queue is
-// a userdata holding this process's Handle (runtime/queue); its hot methods
-// (put, get, ...) are the C functions below, called straight from Lua.
-// stdlib/multiprocessing/queues.lua adds the constructors, the handle
-// (__mp_reduce) and the methods that are plain Lua.
+// l_queue.cpp — the queues' C ABI (queue_abi.h) over runtime/queue, and
+// the one luamp.core function the FFI cannot do: decoding a held message
+// that is not a scalar into Lua values.
 //
-// Provides: core.queue_new(kind, maxsize), core.queue_attach(offset, kind),
-//           core.queue_metatables() -> {Queue=mt, SimpleQueue=mt,
-//           JoinableQueue=mt}; every mt.__index is its method table.
-// Errors:   Empty / Full, ValueError (closed handle, task_done too often),
-//           TypeError for bad arguments, SerializationError from the
-//           serializer, all as luamp error tables through wrap<>.
+// Provides: luamp_queue_* (see queue_abi.h); core.queue_decode_held().
+// Errors:   the C ABI turns every luamp::Error into -1 plus a remembered
+//           type and message; core.queue_decode_held raises luamp error
+//           tables through wrap<>.
+#include "queue_abi.h"
+
 #include <cstring>
 #include <new>
 #include <string>
@@ -23,215 +21,52 @@ namespace luamp {
 
 namespace {
 
-struct LQueue {
-  queue::Handle h;
-  bool closed = false;
-};
+static_assert(offsetof(luamp_queue, kind) == sizeof(queue::Handle),
+              "luamp_queue must begin with a queue::Handle");
 
-constexpr const char* kKindNames[] = {nullptr, "Queue", "SimpleQueue", "JoinableQueue"};
+queue::Handle& handle(void* q) { return *static_cast<queue::Handle*>(q); }
 
-// Methods are closures whose upvalue 1 is their kind's metatable: checking
-// `self` is then one pointer comparison, not a registry lookup by name.
-LQueue* check_self(lua_State* L, const char* method) {
-  LQueue* self = static_cast<LQueue*>(lua_touserdata(L, 1));
-  if (self && lua_getmetatable(L, 1)) {
-    bool same = lua_rawequal(L, -1, lua_upvalueindex(1));
-    lua_pop(L, 1);
-    if (same) return self;
+// The message of the last get: its bytes are what luamp_item points at.
+queue::Message g_held;
+
+ErrType g_error_type = ErrType::Error;
+std::string g_error_message;
+
+// Runs `body`, turning an exception into -1 and the remembered error.
+template <typename F>
+int guarded(F body) {
+  try {
+    return body();
+  } catch (const Error& e) {
+    g_error_type = e.type();
+    g_error_message = e.what();
+  } catch (const std::bad_alloc&) {
+    g_error_type = ErrType::Error;
+    g_error_message = "not enough memory";
+  } catch (const std::exception& e) {
+    g_error_type = ErrType::OSError;
+    g_error_message = e.what();
   }
-  arg_type_error(L, method, 1, "self", "a queue (call it with ':')");
+  return -1;
 }
 
-LQueue* open_self(lua_State* L, const char* method) {
-  LQueue* self = check_self(L, method);
-  if (self->closed) raise_error(L, ErrType::ValueError, std::string(method) + ": the queue is closed");
-  return self;
+bool valid_kind(int kind) { return kind >= 1 && kind <= 3; }
+
+int put(void* q, std::string_view head, std::string_view body, int block, double timeout) {
+  return guarded([&] { return queue::put(handle(q), head, body, block != 0, timeout) ? 1 : 0; });
 }
 
-bool opt_block(lua_State* L, int idx, const char* method) {
-  if (lua_isnoneornil(L, idx)) return true;
-  if (lua_type(L, idx) != LUA_TBOOLEAN) arg_type_error(L, method, idx, "block", "boolean or nil");
-  return lua_toboolean(L, idx);
-}
-
-// The encoding buffer is kept between puts; a huge one is not.
-std::string& scratch() {
-  static std::string buf;
-  buf.clear();
-  return buf;
-}
-void trim(std::string& buf) {
-  if (buf.capacity() > (1u << 20)) std::string().swap(buf);
-}
-
-int do_put(lua_State* L, const char* method, bool block, double timeout) {
-  LQueue* self = open_self(L, method);
-  std::string& buf = scratch();
-  ser::encode(L, 2, buf, "item");
-  bool ok = queue::put(self->h, buf, block, timeout);
-  trim(buf);
-  if (!ok) raise_error(L, ErrType::Full, std::string(method) + ": the queue is full");
-  return 0;
-}
-
-int do_get(lua_State* L, const char* method, bool block, double timeout) {
-  LQueue* self = open_self(L, method);
-  queue::Message msg;
-  if (!queue::get(self->h, msg, block, timeout))
-    raise_error(L, ErrType::Empty, std::string(method) + ": the queue is empty");
-  ser::decode(L, msg.bytes());
-  return 1;
-}
-
-// q:put(obj [, block [, timeout]])
-int l_put(lua_State* L) {
-  bool block = opt_block(L, 3, "put");
-  return do_put(L, "put", block, block ? opt_timeout(L, 4, "put") : 0);
-}
-
-// q:put_nowait(obj)
-int l_put_nowait(lua_State* L) { return do_put(L, "put_nowait", false, 0); }
-
-// q:get([block [, timeout]]) -> obj
-int l_get(lua_State* L) {
-  bool block = opt_block(L, 2, "get");
-  return do_get(L, "get", block, block ? opt_timeout(L, 3, "get") : 0);
-}
-
-// q:get_nowait() -> obj
-int l_get_nowait(lua_State* L) { return do_get(L, "get_nowait", false, 0); }
-
-int l_qsize(lua_State* L) {
-  lua_pushnumber(L, static_cast<lua_Number>(queue::size(open_self(L, "qsize")->h)));
-  return 1;
-}
-
-int l_empty(lua_State* L) {
-  lua_pushboolean(L, queue::empty(open_self(L, "empty")->h));
-  return 1;
-}
-
-int l_full(lua_State* L) {
-  lua_pushboolean(L, queue::full(open_self(L, "full")->h));
-  return 1;
-}
-
-// q:close(): this process's handle only; harmless twice.
-int l_close(lua_State* L) {
-  check_self(L, "close")->closed = true;
-  return 0;
-}
-
-int l_task_done(lua_State* L) {
-  if (!queue::task_done(open_self(L, "task_done")->h))
-    raise_error(L, ErrType::ValueError, "task_done: called too many times (more than items taken)");
-  return 0;
-}
-
-int l_join(lua_State* L) {
-  queue::join(open_self(L, "join")->h);
-  return 0;
-}
-
-// q:_offset() -> where the queue lives in the arena (its handle's payload)
-int l_offset(lua_State* L) {
-  lua_pushnumber(L, static_cast<lua_Number>(check_self(L, "_offset")->h.offset));
-  return 1;
-}
-
-int l_closed(lua_State* L) {
-  lua_pushboolean(L, check_self(L, "_closed")->closed);
-  return 1;
-}
-
-int l_maxsize(lua_State* L) {
-  lua_pushnumber(L, static_cast<lua_Number>(queue::maxsize(check_self(L, "_maxsize")->h)));
-  return 1;
-}
-
-const luaL_Reg kCommon[] = {
-    {"put", wrap<l_put>},     {"get", wrap<l_get>},       {"empty", wrap<l_empty>},
-    {"close", wrap<l_close>}, {"_offset", wrap<l_offset>}, {"_closed", wrap<l_closed>},
-    {nullptr, nullptr},
-};
-const luaL_Reg kQueue[] = {
-    {"put_nowait", wrap<l_put_nowait>}, {"get_nowait", wrap<l_get_nowait>},
-    {"qsize", wrap<l_qsize>},           {"full", wrap<l_full>},
-    {"_maxsize", wrap<l_maxsize>},      {nullptr, nullptr},
-};
-const luaL_Reg kJoinable[] = {
-    {"task_done", wrap<l_task_done>},
-    {"join", wrap<l_join>},
-    {nullptr, nullptr},
-};
-
-// [-0, +0] Adds `fns` to the table at the top, each closing over the
-// metatable at `mt`.
-void add_methods(lua_State* L, int mt, const luaL_Reg* fns) {
-  for (; fns->name; ++fns) {
-    lua_pushvalue(L, mt);
-    lua_pushcclosure(L, fns->func, 1);
-    lua_setfield(L, -2, fns->name);
-  }
-}
-
-// registry["luamp.queue.<Kind>"]: the metatable of that kind, made once.
-void push_metatable(lua_State* L, queue::Kind kind) {
-  std::string key = std::string("luamp.queue.") + kKindNames[static_cast<int>(kind)];
-  if (!luaL_newmetatable(L, key.c_str())) return;
-  int mt = lua_gettop(L);
-  lua_newtable(L);
-  add_methods(L, mt, kCommon);
-  if (kind != queue::Kind::simple) add_methods(L, mt, kQueue);
-  if (kind == queue::Kind::joinable) add_methods(L, mt, kJoinable);
-  lua_setfield(L, mt, "__index");
-}
-
-queue::Kind check_kind(lua_State* L, int idx) {
-  const char* name = luaL_checkstring(L, idx);
-  for (int k = 1; k <= 3; ++k)
-    if (strcmp(name, kKindNames[k]) == 0) return static_cast<queue::Kind>(k);
-  raise_error(L, ErrType::ValueError, std::string("unknown queue kind '") + name + "'");
-}
-
-void push_queue(lua_State* L, queue::Kind kind, const queue::Handle& h) {
-  void* mem = lua_newuserdata(L, sizeof(LQueue));
-  new (mem) LQueue{h, false};
-  push_metatable(L, kind);
-  lua_setmetatable(L, -2);
-}
-
-// core.queue_new(kind, maxsize) -> queue
-int l_queue_new(lua_State* L) {
-  queue::Kind kind = check_kind(L, 1);
-  lua_Number maxsize = luaL_optnumber(L, 2, 0);
-  if (!(maxsize >= 0)) raise_error(L, ErrType::ValueError, "maxsize must be 0 (unbounded) or more");
-  push_queue(L, kind, queue::create(kind, static_cast<uint64_t>(maxsize)));
-  return 1;
-}
-
-// core.queue_attach(offset, kind) -> queue
-int l_queue_attach(lua_State* L) {
-  lua_Number offset = luaL_checknumber(L, 1);
-  queue::Kind kind = check_kind(L, 2);
-  push_queue(L, kind, queue::attach(static_cast<uint64_t>(offset), kind));
-  return 1;
-}
-
-// core.queue_metatables() -> {Queue = mt, SimpleQueue = mt, JoinableQueue = mt}
-int l_queue_metatables(lua_State* L) {
-  lua_newtable(L);
-  for (int k = 1; k <= 3; ++k) {
-    push_metatable(L, static_cast<queue::Kind>(k));
-    lua_setfield(L, -2, kKindNames[k]);
-  }
+// core.queue_decode_held() -> the value of the held message (then released)
+int l_queue_decode_held(lua_State* L) {
+  struct Release {
+    ~Release() { g_held.clear(); }
+  } release;
+  ser::decode(L, g_held.bytes());
   return 1;
 }
 
 const luaL_Reg kFuncs[] = {
-    {"queue_new", wrap<l_queue_new>},
-    {"queue_attach", wrap<l_queue_attach>},
-    {"queue_metatables", wrap<l_queue_metatables>},
+    {"queue_decode_held", wrap<l_queue_decode_held>},
     {nullptr, nullptr},
 };
 
@@ -240,3 +75,82 @@ const luaL_Reg kFuncs[] = {
 void register_queue(lua_State* L) { luaL_register(L, nullptr, kFuncs); }
 
 }  // namespace luamp
+
+using namespace luamp;
+
+extern "C" {
+
+int luamp_queue_create(void* q, int kind, double maxsize) {
+  return guarded([&] {
+    if (!valid_kind(kind)) fail(ErrType::ValueError, "unknown queue kind %d", kind);
+    if (!(maxsize >= 0)) fail(ErrType::ValueError, "maxsize must be 0 (unbounded) or more");
+    handle(q) = queue::create(static_cast<queue::Kind>(kind), static_cast<uint64_t>(maxsize));
+    return 1;
+  });
+}
+
+int luamp_queue_attach(void* q, double offset, int kind) {
+  return guarded([&] {
+    if (!valid_kind(kind)) fail(ErrType::ValueError, "unknown queue kind %d", kind);
+    if (!(offset >= 0)) fail(ErrType::ValueError, "bad queue offset");
+    handle(q) = queue::attach(static_cast<uint64_t>(offset), static_cast<queue::Kind>(kind));
+    return 1;
+  });
+}
+
+int luamp_queue_put_number(void* q, double value, int block, double timeout) {
+  char head[ser::kScalarHeadMax];
+  return put(q, {head, ser::number_message(value, head)}, {}, block, timeout);
+}
+
+int luamp_queue_put_string(void* q, const char* s, size_t len, int block, double timeout) {
+  char head[ser::kScalarHeadMax];
+  return put(q, {head, ser::string_message_head(len, head)}, {s, len}, block, timeout);
+}
+
+int luamp_queue_put_message(void* q, const char* bytes, size_t len, int block, double timeout) {
+  return put(q, {}, {bytes, len}, block, timeout);
+}
+
+int luamp_queue_get(void* q, int block, double timeout, luamp_item* item) {
+  return guarded([&] {
+    if (!queue::get(handle(q), g_held, block != 0, timeout)) return 0;
+    ser::Scalar s;
+    if (!ser::decode_scalar(g_held.bytes(), s)) {
+      item->kind = 4;
+      return 1;
+    }
+    item->kind = s.kind;
+    item->boolean = s.boolean;
+    item->number = s.number;
+    item->data = s.string.data();
+    item->len = s.string.size();
+    return 1;
+  });
+}
+
+void luamp_queue_release(void) { g_held.clear(); }
+
+double luamp_queue_size(void* q) { return static_cast<double>(queue::size(handle(q))); }
+
+double luamp_queue_maxsize(void* q) { return static_cast<double>(queue::maxsize(handle(q))); }
+
+int luamp_queue_empty(void* q) {
+  return guarded([&] { return queue::empty(handle(q)) ? 1 : 0; });
+}
+
+int luamp_queue_task_done(void* q) {
+  return guarded([&] { return queue::task_done(handle(q)) ? 1 : 0; });
+}
+
+int luamp_queue_join(void* q) {
+  return guarded([&] {
+    queue::join(handle(q));
+    return 1;
+  });
+}
+
+const char* luamp_queue_error_type(void) { return errtype_name(g_error_type); }
+const char* luamp_queue_error_message(void) { return g_error_message.c_str(); }
+
+}  // extern "C"

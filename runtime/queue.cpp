@@ -148,10 +148,20 @@ class Locked {
 
 // -- Producer side (under the put lock) ----------------------------------------
 
-void write_record(char* at, u32 type, const void* payload, u64 len) {
-  RecordHead r{static_cast<u32>(len), type};
+// A record's payload, in one or two parts.
+struct Payload {
+  std::string_view head, body;
+  u64 size() const { return head.size() + body.size(); }
+  void copy_to(char* at) const {
+    memcpy(at, head.data(), head.size());
+    memcpy(at + head.size(), body.data(), body.size());
+  }
+};
+
+void write_record(char* at, u32 type, const Payload& payload) {
+  RecordHead r{static_cast<u32>(payload.size()), type};
   memcpy(at, &r, sizeof r);
-  memcpy(at + kRecordHeader, payload, len);
+  payload.copy_to(at + kRecordHeader);
 }
 
 // The segment producers write to. A producer that died between linking a
@@ -164,22 +174,22 @@ Segment* tail_segment(Header* q) {
 }
 
 // Links a fresh segment holding the record as its first one.
-void append_in_new_segment(Header* q, Segment* full, u32 type, const void* payload, u64 len) {
-  u64 need = align8(kRecordHeader + len);
+void append_in_new_segment(Header* q, Segment* full, u32 type, const Payload& payload) {
+  u64 need = align8(kRecordHeader + payload.size());
   u64 capacity = full->capacity < kMaxDoubling ? full->capacity * 2 : full->capacity;
   while (capacity < need) capacity *= 2;
   u64 offset = new_segment(q, capacity);
   Segment* s = seg(offset);
-  write_record(s->ring, type, payload, len);
+  write_record(s->ring, type, payload);
   s->tail.store(need, std::memory_order_relaxed);
   full->next.store(offset, std::memory_order_release);
   q->tail_seg.store(offset, std::memory_order_release);
 }
 
-void append(Handle& h, u32 type, const void* payload, u64 len) {
+void append(Handle& h, u32 type, const Payload& payload) {
   Header* q = h.q;
   Segment* s = tail_segment(q);
-  u64 need = align8(kRecordHeader + len);
+  u64 need = align8(kRecordHeader + payload.size());
   u64 cap = s->capacity;
   u64 t = s->tail.load(std::memory_order_relaxed);
   u64 pos = t & (cap - 1);
@@ -190,7 +200,7 @@ void append(Handle& h, u32 type, const void* payload, u64 len) {
     head = s->head.load(std::memory_order_acquire);
     h.put_seg_id = s->id;
     h.put_seen_head = head;
-    if (t + span - head > cap) return append_in_new_segment(q, s, type, payload, len);
+    if (t + span - head > cap) return append_in_new_segment(q, s, type, payload);
   }
   if (need > till_end) {
     RecordHead pad{static_cast<u32>(till_end - kRecordHeader), kPad};
@@ -198,7 +208,7 @@ void append(Handle& h, u32 type, const void* payload, u64 len) {
     t += till_end;
     pos = 0;
   }
-  write_record(s->ring + pos, type, payload, len);
+  write_record(s->ring + pos, type, payload);
   s->tail.store(t + need, std::memory_order_release);
 }
 
@@ -268,10 +278,13 @@ bool take(Handle& h, Message& out) {
   }
 }
 
-Message::~Message() {
+void Message::clear() {
+  bytes_ = {};
   if (spill_ == 0) return;
+  uint64_t block = spill_;
+  spill_ = 0;
   try {
-    shm::release(spill_);
+    shm::release(block);
   } catch (const Error&) {
     // A block that was already given back: nothing more to do.
   }
@@ -348,13 +361,14 @@ Handle attach(uint64_t offset, Kind kind) {
 Kind kind_of(const Handle& h) { return h.q->kind; }
 uint64_t maxsize(const Handle& h) { return h.q->maxsize; }
 
-bool put(Handle& h, std::string_view bytes, bool block, double timeout) {
+bool put(Handle& h, std::string_view head, std::string_view body, bool block, double timeout) {
   Header* q = h.q;
   int64_t deadline = deadline_of(block, timeout);
+  Payload message{head, body};
   SpillGuard spill;
-  if (bytes.size() > kSpillAbove) {
-    spill.offset = shm::allocate(bytes.size());
-    memcpy(shm::base() + spill.offset, bytes.data(), bytes.size());
+  if (message.size() > kSpillAbove) {
+    spill.offset = shm::allocate(message.size());
+    message.copy_to(shm::base() + spill.offset);
   }
   for (bool expired = false;;) {
     if (!lock_until(q->put_lock, deadline)) return false;
@@ -363,11 +377,11 @@ bool put(Handle& h, std::string_view bytes, bool block, double timeout) {
       Locked locked(q->put_lock);
       if (has_room(q)) {
         if (spill.offset) {
-          SpillRef ref{spill.offset, bytes.size()};
-          append(h, kSpill, &ref, sizeof ref);
+          SpillRef ref{spill.offset, message.size()};
+          append(h, kSpill, Payload{{reinterpret_cast<const char*>(&ref), sizeof ref}, {}});
           spill.offset = 0;
         } else {
-          append(h, kInline, bytes.data(), bytes.size());
+          append(h, kInline, message);
         }
         q->puts.store(q->puts.load(std::memory_order_relaxed) + 1, std::memory_order_release);
         done = true;
@@ -386,6 +400,7 @@ bool put(Handle& h, std::string_view bytes, bool block, double timeout) {
 
 bool get(Handle& h, Message& out, bool block, double timeout) {
   Header* q = h.q;
+  out.clear();
   int64_t deadline = deadline_of(block, timeout);
   for (bool expired = false;;) {
     if (!lock_until(q->get_lock, deadline)) return false;

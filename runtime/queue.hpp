@@ -52,10 +52,12 @@ struct Handle {
 class Message {
  public:
   Message() = default;
-  ~Message();
+  ~Message() { clear(); }
   Message(const Message&) = delete;
   Message& operator=(const Message&) = delete;
   std::string_view bytes() const { return bytes_; }
+  // Done with the bytes: a spilled message's block goes back to the arena.
+  void clear();
 
  private:
   friend bool take(Handle& h, Message& out);
@@ -71,9 +73,14 @@ Handle attach(uint64_t offset, Kind kind);
 Kind kind_of(const Handle& h);
 uint64_t maxsize(const Handle& h);
 
-// Appends one message. Returns false when a bounded queue stayed full
-// (non-blocking, or until the timeout; timeout < 0: no limit).
-bool put(Handle& h, std::string_view bytes, bool block, double timeout);
+// Appends one message, given in two parts that are concatenated (a header
+// made on the stack and a body, so neither is copied twice). Returns false
+// when a bounded queue stayed full (non-blocking, or until the timeout;
+// timeout < 0: no limit).
+bool put(Handle& h, std::string_view head, std::string_view body, bool block, double timeout);
+inline bool put(Handle& h, std::string_view bytes, bool block, double timeout) {
+  return put(h, {}, bytes, block, timeout);
+}
 // Takes the oldest message into `out`. Returns false when the queue stayed
 // empty (non-blocking, or until the timeout).
 bool get(Handle& h, Message& out, bool block, double timeout);

@@ -1429,6 +1429,67 @@ void Decoder::cdata(Tag tag) {
 
 }  // namespace
 
+// -- Scalars without a lua_State ---------------------------------------------
+
+size_t number_message(double v, char* head) {
+  head[0] = static_cast<char>(kVersion);
+  return 1 + number_bytes(head + 1, v);
+}
+
+size_t string_message_head(size_t len, char* head) {
+  head[0] = static_cast<char>(kVersion);
+  head[1] = kStr;
+  return 2 + varint_bytes(head + 2, len);
+}
+
+bool decode_scalar(std::string_view bytes, Scalar& out) {
+  const auto* p = reinterpret_cast<const uint8_t*>(bytes.data());
+  const uint8_t* end = p + bytes.size();
+  if (bytes.size() < 2 || p[0] != kVersion) return false;
+  auto varint = [&](uint64_t& v) {
+    v = 0;
+    for (int shift = 0; p < end && shift < 64; shift += 7) {
+      uint8_t b = *p++;
+      v |= uint64_t(b & 0x7f) << shift;
+      if (!(b & 0x80)) return true;
+    }
+    return false;
+  };
+  uint8_t tag = p[1];
+  p += 2;
+  switch (tag) {
+    case kNil:
+      out.kind = Scalar::kNil;
+      return p == end;
+    case kFalse:
+    case kTrue:
+      out.kind = Scalar::kBoolean;
+      out.boolean = tag == kTrue;
+      return p == end;
+    case kInt: {
+      uint64_t z;
+      if (!varint(z) || p != end) return false;
+      out.kind = Scalar::kNumber;
+      out.number = static_cast<double>(static_cast<int64_t>((z >> 1) ^ (~(z & 1) + 1)));
+      return true;
+    }
+    case kNum:
+      if (end - p != 8) return false;
+      out.kind = Scalar::kNumber;
+      memcpy(&out.number, p, 8);
+      return true;
+    case kStr: {
+      uint64_t len;
+      if (!varint(len) || static_cast<uint64_t>(end - p) != len) return false;
+      out.kind = Scalar::kString;
+      out.string = {reinterpret_cast<const char*>(p), len};
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
 // -- Entry points -----------------------------------------------------------
 
 void encode(lua_State* L, int idx, std::string& out, std::string_view role) {

@@ -59,4 +59,23 @@ void encode(lua_State* L, int idx, std::string& out, std::string_view role = "va
 // Trust::data_only; never crashes, whatever the bytes.
 void decode(lua_State* L, std::string_view bytes, Trust trust = Trust::full);
 
+// -- One scalar, without a lua_State (the queue fast paths) --------------------
+
+// The head of the message encode() writes for one number (the whole
+// message), or for one string (followed by the string's bytes). Returns the
+// byte count, at most kScalarHeadMax.
+inline constexpr size_t kScalarHeadMax = 12;
+size_t number_message(double v, char* head);
+size_t string_message_head(size_t len, char* head);
+
+struct Scalar {
+  enum Kind : int { kNil = 0, kBoolean = 1, kNumber = 2, kString = 3 } kind;
+  bool boolean;
+  double number;
+  std::string_view string;  // points into the message
+};
+// Reads a message that holds one nil, boolean, number or string. Returns
+// false for any other message (or a malformed one): decode() it instead.
+bool decode_scalar(std::string_view bytes, Scalar& out);
+
 }  // namespace luamp::ser

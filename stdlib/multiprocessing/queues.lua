@@ -8,71 +8,250 @@
 -- the tree may put and get, the queue travels to other processes as a
 -- handle (Process args, other queues, pipes), and there is no feeder
 -- thread, so an item whose put returned is never lost, whatever happens to
--- its producer afterwards. put, get and friends are C functions
--- (host/l_queue.cpp); this file adds the constructors and what Python's
--- queues have besides.
+-- its producer afterwards. Queues are FFI cdata calling host/queue_abi.h:
+-- numbers and strings go in and out without a Lua C API call.
+local ffi = require("ffi")
 local core = require("luamp.core")
 local shared = require("multiprocessing.shared")
 
+ffi.cdef[[
+struct luamp_queue_Queue { void* q; uint64_t offset; uint64_t put_seg_id, put_seen_head, get_seg_id, get_seen_tail; int32_t kind; int32_t closed; };
+struct luamp_queue_SimpleQueue { void* q; uint64_t offset; uint64_t put_seg_id, put_seen_head, get_seg_id, get_seen_tail; int32_t kind; int32_t closed; };
+struct luamp_queue_JoinableQueue { void* q; uint64_t offset; uint64_t put_seg_id, put_seen_head, get_seg_id, get_seen_tail; int32_t kind; int32_t closed; };
+typedef struct luamp_item { int32_t kind; int32_t boolean; double number; const char* data; size_t len; } luamp_item;
+int luamp_queue_create(void*, int, double);
+int luamp_queue_attach(void*, double, int);
+int luamp_queue_put_number(void*, double, int, double);
+int luamp_queue_put_string(void*, const char*, size_t, int, double);
+int luamp_queue_put_message(void*, const char*, size_t, int, double);
+int luamp_queue_get(void*, int, double, luamp_item*);
+void luamp_queue_release(void);
+double luamp_queue_size(void*);
+double luamp_queue_maxsize(void*);
+int luamp_queue_empty(void*);
+int luamp_queue_task_done(void*);
+int luamp_queue_join(void*);
+const char* luamp_queue_error_type(void);
+const char* luamp_queue_error_message(void);
+]]
+
+local C = ffi.C
+local dumps, decode_held, raise = core.dumps, core.queue_decode_held, core.error
+local KIND = { Queue = 1, SimpleQueue = 2, JoinableQueue = 3 }
+
 local M = {}
 
-local metatables = core.queue_metatables()
+-- -- Errors ----------------------------------------------------------------------
 
-local function named_or_positional(maxsize, fname)
-  if type(maxsize) == "table" and maxsize[1] == nil then maxsize = maxsize.maxsize end
-  if maxsize ~= nil and type(maxsize) ~= "number" then
-    core.error("TypeError", ("%s: argument #1 (maxsize) expected a number or nil, got %s"):format(fname, type(maxsize)))
+local function last_error()
+  raise(ffi.string(C.luamp_queue_error_type()), ffi.string(C.luamp_queue_error_message()))
+end
+
+local function closed(method, self)
+  if type(self) ~= "cdata" then
+    raise("TypeError", method .. ": argument #1 (self) expected a queue (call it with ':'), got " .. type(self))
   end
-  if maxsize ~= nil and (maxsize < 0 or maxsize ~= maxsize or maxsize ~= math.floor(maxsize)) then
-    core.error("ValueError", ("%s: maxsize must be a whole number >= 0 (0: unbounded), got %s"):format(fname, tostring(maxsize)))
+  raise("ValueError", method .. ": the queue is closed")
+end
+
+local function refused(rc, method)
+  if rc < 0 then last_error() end
+  if method:sub(1, 3) == "put" then raise("Full", method .. ": the queue is full") end
+  raise("Empty", method .. ": the queue is empty")
+end
+
+-- block, timeout -> the C arguments (block 0/1, timeout in seconds, -1: none)
+local function wait_args(block, timeout, method)
+  if block == nil or block == true then
+    if timeout == nil then return 1, -1 end
+    if type(timeout) ~= "number" then
+      raise("TypeError", method .. ": argument #3 (timeout) expected number or nil, got " .. type(timeout))
+    end
+    if not (timeout >= 0) then raise("ValueError", method .. ": timeout must be a non-negative number") end
+    return 1, timeout
   end
-  return maxsize or 0
+  if block == false then return 0, 0 end
+  raise("TypeError", method .. ": argument #2 (block) expected boolean or nil, got " .. type(block))
+end
+
+-- -- put / get -------------------------------------------------------------------
+
+local function put(self, obj, block, timeout, method)
+  if type(self) ~= "cdata" or self.closed ~= 0 then closed(method, self) end
+  local rc
+  local t = type(obj)
+  if t == "number" then
+    rc = C.luamp_queue_put_number(self, obj, block, timeout)
+  elseif t == "string" then
+    rc = C.luamp_queue_put_string(self, obj, #obj, block, timeout)
+  else
+    local bytes = dumps(obj, "item")
+    rc = C.luamp_queue_put_message(self, bytes, #bytes, block, timeout)
+  end
+  if rc ~= 1 then refused(rc, method) end
+end
+
+local item = ffi.new("luamp_item")
+
+local function get(self, block, timeout, method)
+  if type(self) ~= "cdata" or self.closed ~= 0 then closed(method, self) end
+  local rc = C.luamp_queue_get(self, block, timeout, item)
+  if rc ~= 1 then refused(rc, method) end
+  local kind = item.kind
+  if kind == 2 then return item.number end
+  if kind == 3 then
+    local s = ffi.string(item.data, item.len)
+    C.luamp_queue_release()
+    return s
+  end
+  if kind == 0 then return nil end
+  if kind == 1 then return item.boolean ~= 0 end
+  return decode_held()
+end
+
+-- -- Methods -----------------------------------------------------------------------
+
+local SimpleQueue = {}
+
+function SimpleQueue:put(obj)
+  put(self, obj, 1, -1, "put")
+end
+
+function SimpleQueue:get()
+  return get(self, 1, -1, "get")
+end
+
+function SimpleQueue:empty()
+  if type(self) ~= "cdata" or self.closed ~= 0 then closed("empty", self) end
+  local rc = C.luamp_queue_empty(self)
+  if rc < 0 then last_error() end
+  return rc == 1
+end
+
+-- Closes this process's handle only; harmless twice.
+function SimpleQueue:close()
+  self.closed = 1
+end
+
+local Queue = { empty = SimpleQueue.empty, close = SimpleQueue.close }
+
+function Queue:put(obj, block, timeout)
+  local b, t = wait_args(block, timeout, "put")
+  put(self, obj, b, t, "put")
+end
+
+function Queue:get(block, timeout)
+  local b, t = wait_args(block, timeout, "get")
+  return get(self, b, t, "get")
+end
+
+function Queue:put_nowait(obj)
+  put(self, obj, 0, 0, "put_nowait")
+end
+
+function Queue:get_nowait()
+  return get(self, 0, 0, "get_nowait")
+end
+
+function Queue:qsize()
+  if type(self) ~= "cdata" or self.closed ~= 0 then closed("qsize", self) end
+  return C.luamp_queue_size(self)
+end
+
+function Queue:full()
+  if type(self) ~= "cdata" or self.closed ~= 0 then closed("full", self) end
+  local maxsize = self:_maxsize()
+  return maxsize > 0 and C.luamp_queue_size(self) >= maxsize
 end
 
 -- Python's Queue has these for its feeder thread; luamp has none, so there
 -- is nothing to wait for or to cancel.
-local function join_thread(q)
-  if not q:_closed() then
-    core.error("AssertionError", "join_thread: the queue must be closed first")
-  end
-end
-local function cancel_join_thread() end
-
-local function describe(kind)
-  return function(q)
-    if kind == "SimpleQueue" then return ("<SimpleQueue at %d>"):format(q:_offset()) end
-    return ("<%s at %d maxsize=%d>"):format(kind, q:_offset(), q:_maxsize())
-  end
+function Queue:join_thread()
+  if self.closed == 0 then raise("AssertionError", "join_thread: the queue must be closed first") end
 end
 
-for kind, mt in pairs(metatables) do
-  local methods = mt.__index
-  if kind ~= "SimpleQueue" then
-    methods.join_thread = join_thread
-    methods.cancel_join_thread = cancel_join_thread
-  end
-  mt.__tostring = describe(kind)
-  mt.__mp_reduce = shared.register_table(kind,
-    function(q)
-      if q:_closed() then core.error("ValueError", "cannot send a closed " .. kind) end
-      return { offset = q:_offset() }
+function Queue:cancel_join_thread() end
+
+local JoinableQueue = {}
+for k, v in pairs(Queue) do JoinableQueue[k] = v end
+
+function JoinableQueue:task_done()
+  if type(self) ~= "cdata" or self.closed ~= 0 then closed("task_done", self) end
+  local rc = C.luamp_queue_task_done(self)
+  if rc < 0 then last_error() end
+  if rc == 0 then raise("ValueError", "task_done: called too many times (more than items taken)") end
+end
+
+-- Waits until every item put has been taken and marked done.
+function JoinableQueue:join()
+  if type(self) ~= "cdata" or self.closed ~= 0 then closed("join", self) end
+  if C.luamp_queue_join(self) < 0 then last_error() end
+end
+
+-- -- The cdata types ------------------------------------------------------------------
+
+local types = {}
+
+local function define(kind, methods)
+  local ct = ffi.typeof("struct luamp_queue_" .. kind)
+  methods._offset = function(self) return tonumber(self.offset) end
+  methods._closed = function(self) return self.closed ~= 0 end
+  methods._maxsize = function(self) return C.luamp_queue_maxsize(self) end
+  ffi.metatype(ct, {
+    __index = methods,
+    __eq = function(a, b) return ffi.istype(ct, b) and a.q == b.q end,
+    __tostring = function(self)
+      if kind == "SimpleQueue" then return ("<SimpleQueue at arena+%d>"):format(self:_offset()) end
+      return ("<%s at arena+%d maxsize=%d>"):format(kind, self:_offset(), self:_maxsize())
     end,
-    function(payload) return core.queue_attach(payload.offset, kind) end)
+  })
+  shared.register_cdata(kind, ct,
+    function(q)
+      if q.closed ~= 0 then raise("ValueError", "cannot send a closed " .. kind) end
+      return { offset = tonumber(q.offset) }
+    end,
+    function(payload)
+      local q = ct()
+      if C.luamp_queue_attach(q, payload.offset, KIND[kind]) ~= 1 then last_error() end
+      return q
+    end)
+  types[kind] = ct
+end
+
+define("Queue", Queue)
+define("SimpleQueue", SimpleQueue)
+define("JoinableQueue", JoinableQueue)
+
+local function new(kind, maxsize)
+  local q = types[kind]()
+  if C.luamp_queue_create(q, KIND[kind], maxsize) ~= 1 then last_error() end
+  return q
+end
+
+local function check_maxsize(maxsize, fname)
+  if type(maxsize) == "table" and maxsize[1] == nil then maxsize = maxsize.maxsize end
+  if maxsize ~= nil and type(maxsize) ~= "number" then
+    raise("TypeError", ("%s: argument #1 (maxsize) expected a number or nil, got %s"):format(fname, type(maxsize)))
+  end
+  if maxsize ~= nil and (maxsize < 0 or maxsize ~= math.floor(maxsize)) then
+    raise("ValueError", ("%s: maxsize must be a whole number >= 0 (0: unbounded), got %s"):format(fname, tostring(maxsize)))
+  end
+  return maxsize or 0
 end
 
 -- mp.Queue(maxsize): maxsize 0 or nil is unbounded.
 function M.Queue(maxsize)
-  return core.queue_new("Queue", named_or_positional(maxsize, "Queue"))
+  return new("Queue", check_maxsize(maxsize, "Queue"))
 end
 
 -- mp.JoinableQueue(maxsize): a Queue with task_done() and join().
 function M.JoinableQueue(maxsize)
-  return core.queue_new("JoinableQueue", named_or_positional(maxsize, "JoinableQueue"))
+  return new("JoinableQueue", check_maxsize(maxsize, "JoinableQueue"))
 end
 
 -- mp.SimpleQueue(): put, get, empty and close only.
 function M.SimpleQueue()
-  return core.queue_new("SimpleQueue", 0)
+  return new("SimpleQueue", 0)
 end
 
 return M
