@@ -23,7 +23,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <utility>
 
 #include "errors.hpp"
@@ -35,6 +37,7 @@ namespace {
 
 constexpr size_t kInCapacity = 64 * 1024;  // receive buffer; larger frames get their own
 constexpr size_t kKeepOut = 1 << 20;       // a send buffer grown past this is released
+constexpr size_t kLargeStep = 64 << 20;    // a large frame's first block; it doubles from there
 constexpr unsigned char kMagic0 = 0x4C, kMagic1 = 0x4D;
 
 // -- Clock and spinning --------------------------------------------------------
@@ -221,13 +224,26 @@ std::string_view Channel::recv_frame(uint64_t maxlength) {
 }
 
 // The buffer holds the header and the first bytes of the payload; the rest
-// goes straight into a block of its own (freed by the next receive).
+// goes straight into a block of its own (freed by the next receive). The
+// block grows with the bytes that arrive, up to the length the header gave,
+// so a header that promises more than ever comes costs no memory up front.
 std::string_view Channel::recv_large(uint64_t len) {
-  large_ = std::make_unique_for_overwrite<char[]>(len);
   size_t have = end_ - start_ - kHeaderSize;
+  size_t cap = std::min<uint64_t>(len, kLargeStep);
+  large_.reset(static_cast<char*>(malloc(cap)));
+  if (!large_) throw std::bad_alloc();
   memcpy(large_.get(), in_.get() + start_ + kHeaderSize, have);
   start_ = end_ = 0;
-  while (have < len) have += recv_some(fd_, large_.get() + have, len - have);
+  while (have < len) {
+    if (have == cap) {
+      cap = std::min<uint64_t>(len, cap * 2);
+      char* grown = static_cast<char*>(realloc(large_.get(), cap));  // mremap: no copy
+      if (!grown) throw std::bad_alloc();
+      (void)large_.release();
+      large_.reset(grown);
+    }
+    have += recv_some(fd_, large_.get() + have, cap - have);
+  }
   return {large_.get(), len};
 }
 

@@ -27,6 +27,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -86,7 +87,10 @@ class Channel {
   std::string out_;
   std::unique_ptr<char[]> in_;  // receive buffer, kInCapacity bytes
   size_t start_ = 0, end_ = 0;  // unread bytes: in_[start_, end_)
-  std::unique_ptr<char[]> large_;  // a frame larger than the buffer
+  struct Free {
+    void operator()(char* p) const { free(p); }
+  };
+  std::unique_ptr<char, Free> large_;  // a frame larger than the buffer (malloc: it grows by realloc)
 };
 
 // -- Sockets -----------------------------------------------------------------
