@@ -115,7 +115,7 @@ int luamp_queue_put_message(void* q, const char* bytes, size_t len, int block, d
 int luamp_queue_get(void* q, int block, double timeout, luamp_item* item) {
   return guarded([&] {
     if (!queue::get(handle(q), g_held, block != 0, timeout)) return 0;
-    ser::Scalar s;
+    ser::Scalar s{};
     if (!ser::decode_scalar(g_held.bytes(), s)) {
       item->kind = 4;
       return 1;

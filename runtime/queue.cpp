@@ -84,13 +84,18 @@ static_assert(sizeof(Signal) == sizeof(u32) && std::atomic<u32>::is_always_lock_
 // cache lines in pairs, so 64 bytes apart still ping-pong.
 constexpr size_t kLine = 128;
 
+// Padded by hand, not alignas(kLine): blocks from shm::allocate are only
+// 64-aligned, and words kLine apart are in different line pairs anyway.
 struct Segment {
   u64 capacity;  // bytes of ring, a power of two
   u64 id;        // unique in its queue: what Handle caches are keyed by
-  alignas(kLine) std::atomic<u64> tail;  // producers (under the put lock)
-  std::atomic<u64> next;                 // the segment that follows, once this one is full
-  alignas(kLine) std::atomic<u64> head;  // consumers (under the get lock)
-  alignas(kLine) char ring[];
+  char pad0_[kLine - 16];
+  std::atomic<u64> tail;  // producers (under the put lock)
+  std::atomic<u64> next;  // the segment that follows, once this one is full
+  char pad1_[kLine - 16];
+  std::atomic<u64> head;  // consumers (under the get lock)
+  char pad2_[kLine - 8];
+  char ring[];
 };
 
 }  // namespace
@@ -153,8 +158,8 @@ struct Payload {
   std::string_view head, body;
   u64 size() const { return head.size() + body.size(); }
   void copy_to(char* at) const {
-    memcpy(at, head.data(), head.size());
-    memcpy(at + head.size(), body.data(), body.size());
+    if (!head.empty()) memcpy(at, head.data(), head.size());
+    if (!body.empty()) memcpy(at + head.size(), body.data(), body.size());
   }
 };
 
@@ -348,7 +353,7 @@ Handle create(Kind kind, uint64_t maxsize) {
 
 Handle attach(uint64_t offset, Kind kind) {
   shm::ensure();
-  if (offset % 64 != 0 || offset < 4096 || offset + sizeof(Header) > shm::used())
+  if (offset % alignof(Header) != 0 || offset < 4096 || offset + sizeof(Header) > shm::used())
     fail(ErrType::ValueError, "no queue at offset %llu of the shared arena",
          static_cast<unsigned long long>(offset));
   Header* q = header_at(offset);
