@@ -203,6 +203,85 @@ workload("start_join_parallel_fork", {
   end,
 })
 
+-------------------------------------------------------------------- queues
+
+-- Child of the queue workloads: notes the clock just before its first put,
+-- then puts n items made by item(i).
+local function produce(q, n, item, t0)
+  local first = item(0)
+  t0[0] = clock()
+  q:put(first)
+  for i = 1, n - 1 do q:put(item(i)) end
+end
+
+local function int_item(i) return i end
+
+-- One 1 MiB string: bytes 0..255 repeated 4096 times, built before the
+-- clock reading and put n times (as CPython puts one bytes object).
+local function blob_maker(size)
+  local chars = {}
+  for b = 0, 255 do chars[#chars + 1] = string.char(b) end
+  local blob = table.concat(chars):rep(size / 256)
+  return function() return blob end
+end
+
+-- A child (fork) puts n items; the parent gets them. Returns the time from
+-- the child's first put to the parent's last get, and what reduce(items)
+-- made of the items, and the child's exit code.
+local function drain(kind, n, item, reduce)
+  local ctx = mp.get_context("fork")
+  local q, t0 = ctx[kind](), mp.RawArray("d", 1)
+  local pr = ctx.Process{ target = function() produce(q, n, item, t0:ptr()) end }
+  pr:start()
+  local acc = reduce(nil, nil)
+  for _ = 1, n do acc = reduce(acc, q:get()) end
+  local t1 = clock()
+  pr:join()
+  return t1 - t0[1], acc, pr.exitcode
+end
+
+local function sum(acc, v) return v and acc + v or 0 end
+local function total_length(acc, v) return v and acc + #v or 0 end
+
+local function queue_of_ints(kind, p)
+  local samples, ok = {}, true
+  for r = 1, p.reps do
+    local elapsed, s, code = drain(kind, p.n, int_item, sum)
+    samples[r] = p.n / elapsed
+    ok = ok and s == p.n * (p.n - 1) / 2 and code == 0
+  end
+  return { metric("msgs_per_s", "msgs/s", samples, ok, "higher") }
+end
+
+workload("queue_small", {
+  full = { n = 200000, start_method = "fork" },
+  quick = { n = 50000, start_method = "fork" },
+  needs = { "Process", "get_context", "Queue", "RawArray" },
+  run = function(p) return queue_of_ints("Queue", p) end,
+})
+
+workload("simplequeue_small", {
+  full = { n = 200000, start_method = "fork" },
+  quick = { n = 50000, start_method = "fork" },
+  needs = { "Process", "get_context", "SimpleQueue", "RawArray" },
+  run = function(p) return queue_of_ints("SimpleQueue", p) end,
+})
+
+workload("queue_large", {
+  full = { n = 200, size = 1048576, start_method = "fork" },
+  quick = { n = 50, size = 1048576, start_method = "fork" },
+  needs = { "Process", "get_context", "Queue", "RawArray" },
+  run = function(p)
+    local samples, ok = {}, true
+    for r = 1, p.reps do
+      local elapsed, total, code = drain("Queue", p.n, blob_maker(p.size), total_length)
+      samples[r] = p.n * p.size / 1e6 / elapsed
+      ok = ok and total == p.n * p.size and code == 0
+    end
+    return { metric("MB_per_s", "MB/s", samples, ok, "higher") }
+  end,
+})
+
 --------------------------------------------------------------------- pipes
 
 -- Child of pipe_pingpong / pipe_bytes_pingpong: echoes n messages back.
