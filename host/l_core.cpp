@@ -132,6 +132,12 @@ int l_core_exit(lua_State* L) {
   exit_process(code);
 }
 
+// core.isatty(fd) -> whether fd is a terminal (the Pool's progress bar)
+int l_core_isatty(lua_State* L) {
+  lua_pushboolean(L, isatty(static_cast<int>(luaL_checkinteger(L, 1))));
+  return 1;
+}
+
 // core.flush(): flush every C stdio stream (before fork, before _exit)
 int l_core_flush(lua_State*) {
   fflush(nullptr);
@@ -151,6 +157,7 @@ const luaL_Reg kFuncs[] = {
     {"atexit", l_core_atexit},
     {"exit", l_core_exit},
     {"flush", l_core_flush},
+    {"isatty", l_core_isatty},
     {nullptr, nullptr},
 };
 

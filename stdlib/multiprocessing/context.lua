@@ -76,6 +76,7 @@ local function make_context(method)
     ctx.Process = process.Process
     ctx.get_start_method = M.get_start_method
   end
+  ctx.Pool = function(...) return require("multiprocessing.pool").new(ctx, ...) end
   return setmetatable(ctx, { __index = function(_, k) return mp[k] end })
 end
 

@@ -64,6 +64,10 @@ local LAZY = {
     names = { "Queue", "SimpleQueue", "JoinableQueue" },
     handles = { "Queue", "SimpleQueue", "JoinableQueue" },
   },
+  ["multiprocessing.pool"] = {
+    names = { "Pool" },
+    handles = {},
+  },
   ["multiprocessing.connection"] = {
     names = { "Pipe" },
     handles = { "Connection" },
@@ -114,5 +118,8 @@ setmetatable(mp, {
 
 context.bind(mp)
 core.register_class("multiprocessing.Process", process.Process)
+-- luamp errors travel by name, so one raised in a worker keeps its type
+-- (and tostring) in the process that receives it.
+core.register_class("luamp.error", getmetatable(core.new_error("Error", "")))
 
 return mp

@@ -93,10 +93,8 @@ end
 
 local item = ffi.new("luamp_item")
 
-local function get(self, block, timeout, method)
-  if type(self) ~= "cdata" or self.closed ~= 0 then closed(method, self) end
-  local rc = C.luamp_queue_get(self, block, timeout, item)
-  if rc ~= 1 then refused(rc, method) end
+-- The value of the item luamp_queue_get just took.
+local function taken()
   local kind = item.kind
   if kind == 2 then return item.number end
   if kind == 3 then
@@ -107,6 +105,13 @@ local function get(self, block, timeout, method)
   if kind == 0 then return nil end
   if kind == 1 then return item.boolean ~= 0 end
   return decode_held()
+end
+
+local function get(self, block, timeout, method)
+  if type(self) ~= "cdata" or self.closed ~= 0 then closed(method, self) end
+  local rc = C.luamp_queue_get(self, block, timeout, item)
+  if rc ~= 1 then refused(rc, method) end
+  return taken()
 end
 
 -- -- Methods -----------------------------------------------------------------------
@@ -126,6 +131,20 @@ function SimpleQueue:empty()
   local rc = C.luamp_queue_empty(self)
   if rc < 0 then last_error() end
   return rc == 1
+end
+
+-- For the pool: true and an item, or false when none came within
+-- `timeout` seconds; no Empty error to catch on the hot path.
+function SimpleQueue:_poll(timeout)
+  local rc = C.luamp_queue_get(self, 1, timeout, item)
+  if rc == 1 then return true, taken() end
+  if rc < 0 then last_error() end
+  return false
+end
+
+-- Items not yet taken (the pool counts what a dead worker left).
+function SimpleQueue:_qsize()
+  return C.luamp_queue_size(self)
 end
 
 -- Closes this process's handle only; harmless twice.

@@ -1,0 +1,857 @@
+-- multiprocessing.pool — Pool and AsyncResult: worker processes that run
+-- calls and maps, and never hang when a worker dies.
+--
+--   local pool = mp.Pool(4)
+--   local squares = pool:map(function(x) return x * x end, {1, 2, 3})
+--   local r = pool:apply_async(f, {1, 2}, on_done)
+--   print(r:get(5))
+--   pool:close(); pool:join()
+--
+-- How it works, since the parent has no threads. Each worker has a task
+-- queue of its own; all share one result queue. The parent knows what it
+-- gave each worker, in order, and a worker does its tasks one at a time, in
+-- order: when a worker dies, the first of its tasks that has no result and
+-- is no longer in its queue is the one it was running. That task alone fails
+-- (WorkerLostError), the others go to a replacement. Results are collected
+-- and callbacks run whenever the parent waits or submits (SPEC.md). A
+-- function goes to each worker once (with the first task that needs it);
+-- arguments are serialized when submitted, so an unsendable one raises
+-- before anything is sent.
+local core = require("luamp.core")
+local queues = require("multiprocessing.queues")
+local util = require("multiprocessing.util")
+
+local clock, dumps, loads = core.monotonic, core.dumps, core.loads
+local unpack = table.unpack or unpack
+local pack = table.pack
+
+local M = {}
+
+local RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+local CHECK_EVERY = 0.1   -- seconds between looks at the workers' health
+local IN_FLIGHT = 2       -- chunks a worker holds at once for a blocking map
+local START_FAILURES = 3  -- workers dying before any task: the pool gives up
+
+-- -- Arguments ---------------------------------------------------------------------------
+
+local function callable(v)
+  if type(v) == "function" then return true end
+  local mt = getmetatable(v)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
+local function type_error(func, n, what, want, v)
+  core.error("TypeError", ("%s: argument #%d (%s) expected %s, got %s"):format(func, n, what, want, type(v)))
+end
+
+local function check_func(func, fname)
+  if not callable(func) then type_error(fname, 1, "func", "a function", func) end
+end
+
+local function check_chunksize(chunksize, fname)
+  if chunksize == nil then return nil end
+  if type(chunksize) ~= "number" then type_error(fname, 3, "chunksize", "a number", chunksize) end
+  if chunksize < 1 or chunksize ~= math.floor(chunksize) then
+    core.error("ValueError", ("%s: chunksize must be a whole number >= 1, got %s"):format(fname, tostring(chunksize)))
+  end
+  return chunksize
+end
+
+-- A table (items 1..t.n or #t) or an iterator function -> next(), total
+local function items_of(seq, fname, pos)
+  if type(seq) == "table" then
+    local n, i = seq.n or #seq, 0
+    return function()
+      if i >= n then return false end
+      i = i + 1
+      return true, seq[i]
+    end, n
+  end
+  if type(seq) == "function" then
+    local done = false
+    return function()
+      if done then return false end
+      local v = seq()
+      if v == nil then done = true return false end
+      return true, v
+    end, nil
+  end
+  type_error(fname, pos or 2, "iterable", "a table or an iterator function", seq)
+end
+
+-- Map options: map(func, seq, chunksize) or map(func, seq, {chunksize =, progress =})
+local function map_options(opt, fname)
+  if type(opt) == "table" then
+    return check_chunksize(opt.chunksize, fname), opt.progress and true or false
+  end
+  return check_chunksize(opt, fname), os.getenv("LUAMP_PROGRESS") == "1"
+end
+
+-- -- Errors from workers -------------------------------------------------------------
+
+-- What a worker sends about an error: the value, and where it came from.
+local function error_info(e)
+  return { value = e, traceback = debug.traceback(tostring(e), 2) }
+end
+
+-- The error the caller sees: a luamp error keeps its type; any other value
+-- arrives as RemoteError carrying it.
+local function to_error(info)
+  local v = info.value
+  if core.is_error(v) then
+    v.traceback = v.traceback or info.traceback
+    return v
+  end
+  return core.new_error("RemoteError", tostring(v), v, info.traceback)
+end
+
+local function report_callback_error(err)
+  io.stderr:write("luamp: error in a Pool callback: ", debug.traceback(tostring(err), 2), "\n")
+  io.stderr:flush()
+end
+
+local function run_callback(cb, ...)
+  if cb then xpcall(cb, report_callback_error, ...) end
+end
+
+-- -- The worker ----------------------------------------------------------------------
+
+-- A task message: {job, index, kind, fid, def, data}; def is the encoded
+-- function the first time this worker needs it, data the encoded arguments
+-- (kind "call") or chunk of items ("map", "starmap"). A reply: {wid, job,
+-- index, ok, value, partial, position}.
+local function run_task(funcs, t)
+  local kind, fid, def = t[3], t[4], t[5]
+  if def then funcs[fid] = loads(def) end
+  local f, data = funcs[fid], loads(t[6])
+  if kind == "call" then
+    local r = pack(xpcall(f, error_info, unpack(data, 1, data.n or #data)))
+    if not r[1] then return false, r[2] end
+    return true, pack(unpack(r, 2, r.n))
+  end
+  local out = { n = data.n }
+  for i = 1, data.n do
+    local ok, v
+    if kind == "map" then
+      ok, v = xpcall(f, error_info, data[i])
+    else
+      local args = data[i]
+      ok, v = xpcall(f, error_info, unpack(args, 1, args.n or #args))
+    end
+    if not ok then return false, v, out, i end
+    out[i] = v
+  end
+  return true, out
+end
+
+local function reply(results, msg)
+  local ok, err = pcall(results.put, results, msg)
+  if ok then return end
+  -- The result (or the error value) cannot be sent: say so instead.
+  msg[4], msg[6], msg[7] = false, nil, msg[7] or 1
+  msg[5] = { value = err, traceback = "" }
+  if not pcall(results.put, results, msg) then
+    msg[5] = { value = tostring(err), traceback = "" }
+    results:put(msg)
+  end
+end
+
+-- The body of every worker process.
+function M._worker(tasks, results, wid, initializer, initargs, maxtasks)
+  if initializer then
+    local ok, info = xpcall(initializer, error_info, unpack(initargs, 1, initargs.n or #initargs))
+    if not ok then
+      reply(results, { wid, 0, 0, false, info, init = true })
+      return
+    end
+  end
+  local funcs, done = {}, 0
+  while maxtasks == nil or done < maxtasks do
+    local t = tasks:get()
+    if t == nil then break end
+    local ok, value, partial, position = run_task(funcs, t)
+    reply(results, { wid, t[1], t[2], ok, value, partial, position })
+    done = done + 1
+  end
+end
+
+-- Module-level and without upvalues: what spawn and forkserver children
+-- receive is a few bytes of bytecode that finds the worker by name.
+local function worker_main(...)
+  return require("multiprocessing.pool")._worker(...)
+end
+
+-- -- AsyncResult -------------------------------------------------------------------
+
+local AsyncResult = { __mp_unsendable = "AsyncResult" }
+AsyncResult.__index = AsyncResult
+
+local function new_job(pool, kind, callback, error_callback)
+  pool._next_job = pool._next_job + 1
+  local job = setmetatable({
+    _pool = pool, _id = pool._next_job, _kind = kind,
+    _callback = callback, _error_callback = error_callback,
+    _chunks = 0,        -- chunks made so far
+    _done_chunks = 0,
+    _exhausted = false, -- every chunk made
+    _starts = {},       -- chunk index -> position of its first item
+    _results = { n = 0 },
+    _ready = false,
+  }, AsyncResult)
+  pool._jobs[job._id] = job
+  return job
+end
+
+function AsyncResult:ready()
+  return self._ready
+end
+
+function AsyncResult:successful()
+  if not self._ready then core.error("ValueError", "successful: the result is not ready") end
+  return self._error == nil
+end
+
+-- Waits up to `timeout` seconds (nil: no limit); returns whether it is ready.
+function AsyncResult:wait(timeout)
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
+    core.error("ValueError", "wait: timeout must be a non-negative number or nil")
+  end
+  local deadline = timeout and clock() + timeout
+  while not self._ready do
+    if deadline and clock() >= deadline then break end
+    self._pool:_pump(deadline)
+  end
+  return self._ready
+end
+
+-- get(timeout): what the blocking form returns; TimeoutError if not ready
+-- in time; the task's error if it failed.
+function AsyncResult:get(timeout)
+  if not self:wait(timeout) then
+    core.error("TimeoutError", ("get: no result within %g s"):format(timeout))
+  end
+  if self._error then error(self._error, 0) end
+  if self._kind == "apply" then return unpack(self._results, 1, self._results.n) end
+  return self._results
+end
+
+function AsyncResult:_finish()
+  if self._ready then return end
+  self._ready = true
+  self._pool._jobs[self._id] = nil
+  if self._error then
+    run_callback(self._error_callback, self._error)
+  elseif self._kind == "apply" then
+    run_callback(self._callback, unpack(self._results, 1, self._results.n))
+  else
+    run_callback(self._callback, self._results)
+  end
+end
+
+function AsyncResult:_fail(err, position)
+  if self._ready then return end
+  if self._error == nil or (position and (self._error_at or math.huge) > position) then
+    self._error, self._error_at = err, position
+  end
+end
+
+-- A chunk's reply came in: its values (ok), or the error (a luamp error
+-- table) at item `position` of the chunk, after the `partial` results.
+function AsyncResult:_chunk_done(index, ok, value, partial, position)
+  if self._ready then return end
+  local start = self._starts[index] or 1
+  local results = self._results
+  if self._kind == "apply" then
+    if ok then self._results = value else self:_fail(value) end
+  else
+    local items = ok and value or partial or { n = 0 }
+    for i = 1, (ok and items.n or (position or 1) - 1) do results[start + i - 1] = items[i] end
+    if not ok then self:_fail(value, start + (position or 1) - 1) end
+    if self._on_chunk then self._on_chunk(index, ok) end
+  end
+  self._done_chunks = self._done_chunks + 1
+  -- A map fails as a whole at its first error (as Python's does); imap
+  -- raises at the failed position as it is iterated.
+  if (not ok and self._kind ~= "imap") or (self._exhausted and self._done_chunks == self._chunks) then
+    self:_finish()
+  end
+end
+
+-- -- Pool ------------------------------------------------------------------------------
+
+local Pool = { __mp_unsendable = "Pool" }
+Pool.__index = Pool
+
+local live_pools = setmetatable({}, { __mode = "k" })
+
+local function terminate_workers(workers)
+  for _, w in pairs(workers) do
+    if w.proc.exitcode == nil then pcall(w.proc.terminate, w.proc) end
+  end
+  for _, w in pairs(workers) do
+    if not pcall(w.proc.join, w.proc, 1) or w.proc.exitcode == nil then
+      pcall(w.proc.kill, w.proc)
+      pcall(w.proc.join, w.proc, 5)
+    end
+  end
+end
+
+-- Pool(processes, initializer, initargs, maxtasksperchild) or Pool{...}
+local function init(self, ctx, processes, initializer, initargs, maxtasks)
+  if type(processes) == "table" then
+    local t = processes
+    processes, initializer, initargs, maxtasks = t.processes, t.initializer, t.initargs, t.maxtasksperchild
+  end
+  if processes == nil then processes = core.cpu_count() end
+  if type(processes) ~= "number" then type_error("Pool", 1, "processes", "a number", processes) end
+  if processes < 1 or processes ~= math.floor(processes) then
+    core.error("ValueError", "Pool: processes must be a whole number >= 1, got " .. tostring(processes))
+  end
+  if initializer ~= nil and not callable(initializer) then
+    type_error("Pool", 2, "initializer", "a function", initializer)
+  end
+  if initargs ~= nil and type(initargs) ~= "table" then type_error("Pool", 3, "initargs", "a table", initargs) end
+  if maxtasks ~= nil then
+    if type(maxtasks) ~= "number" then type_error("Pool", 4, "maxtasksperchild", "a number", maxtasks) end
+    if maxtasks < 1 or maxtasks ~= math.floor(maxtasks) then
+      core.error("ValueError", "Pool: maxtasksperchild must be a whole number >= 1, got " .. tostring(maxtasks))
+    end
+  end
+  self._ctx, self._processes = ctx, processes
+  self._initializer, self._initargs, self._maxtasks = initializer, initargs or {}, maxtasks
+  self._state = RUN
+  self._results = queues.SimpleQueue()
+  self._workers, self._by_wid, self._next_wid = {}, {}, 0
+  self._jobs, self._next_job = {}, 0
+  self._fids, self._fdefs, self._next_fid = setmetatable({}, { __mode = "k" }), {}, 0
+  self._pending = {}        -- tasks of blocking calls, dispatched as workers free up
+  self._sources = {}        -- lazy jobs (imap over an iterator) that make more chunks
+  self._checked = clock()
+  self._start_failures = 0
+  for _ = 1, processes do self:_start_worker() end
+  -- Terminated when garbage-collected or left open at exit: no orphans.
+  local workers = self._workers
+  local proxy = newproxy(true)
+  getmetatable(proxy).__gc = function() terminate_workers(workers) end
+  self._gc = proxy
+  live_pools[self] = true
+end
+
+function Pool:_start_worker()
+  self._next_wid = self._next_wid + 1
+  local wid = self._next_wid
+  local tasks = queues.SimpleQueue()
+  local proc = self._ctx.Process{
+    target = worker_main, daemon = true, name = ("PoolWorker-%d"):format(wid),
+    args = { tasks, self._results, wid, self._initializer, self._initargs, self._maxtasks },
+  }
+  proc:start()
+  local w = { wid = wid, proc = proc, tasks = tasks, first = 1, last = 0, fids = {}, given = 0, done = 0 }
+  self._workers[#self._workers + 1] = w
+  self._by_wid[wid] = w
+  return w
+end
+
+local function outstanding(w) return w.last - w.first + 1 end
+
+-- Hands `task` to worker `w`.
+function Pool:_send(w, task)
+  local def
+  if not w.fids[task.fid] then def = self._fdefs[task.fid] end
+  w.tasks:put({ task.job._id, task.index, task.kind, task.fid, def, task.data })
+  w.fids[task.fid] = true
+  w.last = w.last + 1
+  w[w.last] = task
+  w.given = w.given + 1
+end
+
+-- The worker that should take the next task (nil if none can: every one
+-- holds `cap` tasks, or is at its maxtasksperchild).
+function Pool:_choose(cap)
+  local best, load
+  for _, w in ipairs(self._workers) do
+    local l = outstanding(w)
+    if (cap == nil or l < cap) and (self._maxtasks == nil or w.given < self._maxtasks)
+        and (best == nil or l < load) then
+      best, load = w, l
+    end
+  end
+  return best
+end
+
+function Pool:_dispatch(task, eager)
+  local w = self:_choose(not eager and IN_FLIGHT or nil)
+  if w then self:_send(w, task) else self._pending[#self._pending + 1] = task end
+end
+
+-- Moves pending tasks (and chunks of lazy jobs) to workers with room.
+function Pool:_feed()
+  local pending = self._pending
+  while #pending > 0 do
+    local task = pending[1]
+    if task.job._ready then
+      table.remove(pending, 1)
+    else
+      local w = self:_choose(task.eager and nil or IN_FLIGHT)
+      if not w then break end
+      table.remove(pending, 1)
+      self:_send(w, task)
+    end
+  end
+  for job in pairs(self._sources) do
+    while not job._exhausted and (job._chunks - job._done_chunks) < IN_FLIGHT * self._processes do
+      local w = self:_choose(IN_FLIGHT)
+      if not w then break end
+      local task = job._next_task()
+      if not task then break end
+      self:_send(w, task)
+    end
+    if job._exhausted then self._sources[job] = nil end
+  end
+end
+
+-- The function's id in this pool, encoding it the first time (so an
+-- unsendable function raises before anything is sent).
+function Pool:_fid(func)
+  local fid = self._fids[func]
+  if fid then return fid end
+  local bytes = dumps(func, "func")
+  self._next_fid = self._next_fid + 1
+  fid = self._next_fid
+  self._fids[func], self._fdefs[fid] = fid, bytes
+  return fid
+end
+
+function Pool:_check_running(fname)
+  if self._state ~= RUN then
+    core.error("ValueError", ("%s: the pool is %s"):format(fname, self._state == CLOSE and "closed" or "terminated"))
+  end
+end
+
+-- -- Results and failures ----------------------------------------------------------
+
+function Pool:_on_reply(r)
+  local wid, jid = r[1], r[2]
+  if r.init then return self:_broken_by(to_error(r[5]), "the pool's initializer failed") end
+  local w = self._by_wid[wid]
+  if w and outstanding(w) > 0 then
+    w[w.first] = nil
+    w.first = w.first + 1
+    w.done = w.done + 1
+    self._start_failures = 0
+  end
+  local job = self._jobs[jid]
+  if job then
+    local ok, value = r[4], r[5]
+    if not ok then value = to_error(value) end
+    job:_chunk_done(r[3], ok, value, r[6], r[7])
+  end
+  -- A worker at its maxtasksperchild is ending now: replace it at once.
+  if w and self._maxtasks and w.done >= self._maxtasks and outstanding(w) == 0 then
+    w.proc:join(5)
+    self:_worker_ended(w)
+  end
+end
+
+-- Every reply already in the result queue.
+function Pool:_drain_replies()
+  while true do
+    local got, r = self._results:_poll(0)
+    if not got then return end
+    self:_on_reply(r)
+  end
+end
+
+local function describe_exit(code)
+  if code and code < 0 then return ("killed by signal %d"):format(-code) end
+  return ("exited with code %s"):format(tostring(code))
+end
+
+-- A worker has ended: fail the task it held, give its others to the rest.
+function Pool:_worker_ended(w)
+  self:_drain_replies()
+  for i, x in ipairs(self._workers) do
+    if x == w then table.remove(self._workers, i) break end
+  end
+  self._by_wid[w.wid] = nil
+  local code = w.proc.exitcode
+  local left = w.tasks:_qsize()
+  local held = outstanding(w) - left
+  if held > 0 then
+    local task = w[w.first]
+    w[w.first], w.first = nil, w.first + 1
+    local err = core.new_error("WorkerLostError", ("worker %s (pid %s) %s while running a task")
+      :format(w.proc.name, tostring(w.proc.pid), describe_exit(code)))
+    task.job:_chunk_done(task.index, false, err, nil, 1)
+  end
+  if w.done == 0 and held <= 0 and code ~= 0 then
+    self._start_failures = self._start_failures + 1
+  end
+  pcall(w.proc.close, w.proc)
+  if self._state == TERMINATE then return end
+  if self._start_failures >= START_FAILURES then
+    return self:_broken_by(core.new_error("ProcessError",
+      ("pool workers keep dying before they run anything (last one %s)"):format(describe_exit(code))))
+  end
+  local rest = {}
+  for i = w.first, w.last do
+    if not w[i].job._ready then rest[#rest + 1] = w[i] end
+  end
+  if self._state == RUN then
+    self:_start_worker()
+    for _, task in ipairs(rest) do self:_dispatch(task, true) end
+  elseif #rest > 0 then
+    -- Closed: the other workers have their stop message already.
+    local new = self:_start_worker()
+    for _, task in ipairs(rest) do self:_send(new, task) end
+    new.tasks:put(nil)
+  end
+end
+
+-- The pool cannot run anything (its initializer fails, or its workers die
+-- at start): every unfinished task fails with `err`, and so will new ones.
+function Pool:_broken_by(err, why)
+  if why then err = core.new_error(err.type, why .. ": " .. tostring(err.message), err.value, err.traceback) end
+  self._broken = err
+  local workers = self._workers
+  self._workers, self._by_wid, self._pending, self._sources = {}, {}, {}, {}
+  terminate_workers(workers)
+  for _, job in pairs(self._jobs) do
+    job:_fail(err)
+    job._exhausted, job._done_chunks = true, job._chunks
+    job:_finish()
+  end
+end
+
+function Pool:_check_workers()
+  self._checked = clock()
+  for _, w in ipairs(self._workers) do
+    if not w.proc:is_alive() then
+      self:_worker_ended(w)
+      return self:_check_workers()
+    end
+  end
+end
+
+-- Waits (until `deadline`, at most CHECK_EVERY) for replies and handles
+-- them; notices workers that died. The heart of every blocking call.
+function Pool:_pump(deadline)
+  self:_feed()
+  local now = clock()
+  local slice = CHECK_EVERY
+  if deadline then slice = math.max(0, math.min(slice, deadline - now)) end
+  local got, r = self._results:_poll(slice)
+  if got then
+    self:_on_reply(r)
+    self:_drain_replies()
+  end
+  if not got or clock() - self._checked >= CHECK_EVERY then self:_check_workers() end
+  self:_feed()
+end
+
+-- -- Submitting --------------------------------------------------------------------
+
+local function default_chunksize(n, processes)
+  if n == nil or n == 0 then return 1 end
+  return math.ceil(n / (4 * processes))
+end
+
+function Pool:_submit_failed_at_once(job)
+  job:_fail(self._broken)
+  job._exhausted = true
+  job:_finish()
+  return job
+end
+
+-- A job over `seq` in chunks. eager: every chunk goes to a worker now
+-- (the *_async forms: the parent may not come back for a while).
+function Pool:_map_job(kind, fname, func, seq, chunksize, opts)
+  self:_check_running(fname)
+  check_func(func, fname)
+  local next_item, total = items_of(seq, fname)
+  chunksize = chunksize or (opts.imap and 1 or default_chunksize(total, self._processes))
+  local job = new_job(self, opts.imap and "imap" or "map", opts.callback, opts.error_callback)
+  job._results.n = total or 0
+  job._total = total
+  if self._broken then return self:_submit_failed_at_once(job) end
+  local fid = self:_fid(func)
+  local position = 0
+  local role = kind == "starmap" and "iterable" or "iterable"
+  local function next_task()
+    local chunk, n = {}, 0
+    while n < chunksize do
+      local more, v = next_item()
+      if not more then break end
+      n = n + 1
+      chunk[n] = v
+    end
+    if n == 0 then
+      job._exhausted = true
+      if job._done_chunks == job._chunks then job:_finish() end
+      return nil
+    end
+    chunk.n = n
+    job._chunks = job._chunks + 1
+    job._starts[job._chunks] = position + 1
+    position = position + n
+    if total == nil then job._results.n = position end
+    return { job = job, index = job._chunks, kind = kind, fid = fid, data = dumps(chunk, role), eager = opts.eager }
+  end
+  job._next_task = next_task
+  if total ~= nil then
+    -- A table: encode every chunk first, so nothing is sent if one fails.
+    local tasks = {}
+    while true do
+      local t = next_task()
+      if not t then break end
+      tasks[#tasks + 1] = t
+    end
+    for _, t in ipairs(tasks) do self:_dispatch(t, opts.eager) end
+  else
+    self._sources[job] = true
+  end
+  self:_feed()
+  return job
+end
+
+function Pool:apply_async(func, args, callback, error_callback)
+  self:_check_running("apply_async")
+  check_func(func, "apply_async")
+  if args ~= nil and type(args) ~= "table" then type_error("apply_async", 2, "args", "a table", args) end
+  if callback ~= nil and not callable(callback) then type_error("apply_async", 3, "callback", "a function", callback) end
+  if error_callback ~= nil and not callable(error_callback) then
+    type_error("apply_async", 4, "error_callback", "a function", error_callback)
+  end
+  local job = new_job(self, "apply", callback, error_callback)
+  if self._broken then return self:_submit_failed_at_once(job) end
+  local task = { job = job, index = 1, kind = "call", fid = self:_fid(func), data = dumps(args or {}, "args"), eager = true }
+  job._chunks, job._exhausted = 1, true
+  self:_dispatch(task, true)
+  self:_drain_replies()
+  return job
+end
+
+function Pool:apply(func, args)
+  return self:apply_async(func, args):get()
+end
+
+local function async_opts(chunksize, callback, error_callback, fname)
+  local cs, progress = map_options(chunksize, fname)
+  if callback ~= nil and not callable(callback) then type_error(fname, 4, "callback", "a function", callback) end
+  if error_callback ~= nil and not callable(error_callback) then
+    type_error(fname, 5, "error_callback", "a function", error_callback)
+  end
+  return cs, { eager = true, callback = callback, error_callback = error_callback, progress = progress }
+end
+
+function Pool:map_async(func, seq, chunksize, callback, error_callback)
+  local cs, opts = async_opts(chunksize, callback, error_callback, "map_async")
+  return self:_map_job("map", "map_async", func, seq, cs, opts)
+end
+
+function Pool:starmap_async(func, seq, chunksize, callback, error_callback)
+  local cs, opts = async_opts(chunksize, callback, error_callback, "starmap_async")
+  return self:_map_job("starmap", "starmap_async", func, seq, cs, opts)
+end
+
+-- -- Progress --------------------------------------------------------------------------
+
+local function progress_bar(total)
+  if not core.isatty(2) then return nil end
+  local t0, shown, done = clock(), 0, 0
+  local function draw(final)
+    local now = clock()
+    if not final and now - shown < 0.1 then return end
+    shown = now
+    local rate = done / math.max(now - t0, 1e-9)
+    local line
+    if total and total > 0 then
+      local width = 30
+      local filled = math.floor(width * done / total)
+      local eta = rate > 0 and (total - done) / rate or 0
+      line = ("\r[%s%s] %d/%d %.1f/s ETA %ds"):format(("#"):rep(filled), ("."):rep(width - filled),
+        done, total, rate, math.floor(eta + 0.5))
+    else
+      line = ("\r%d done %.1f/s"):format(done, rate)
+    end
+    io.stderr:write(line, final and "\n" or "")
+    io.stderr:flush()
+  end
+  return {
+    add = function(n) done = done + n draw(false) end,
+    finish = function() draw(true) end,
+  }
+end
+
+-- Counts items as their chunks come back, for the progress bar.
+local function watch(job, bar)
+  if not bar then return end
+  local starts = job._starts
+  job._on_chunk = function(index)
+    local next_start = starts[index + 1] or (job._results.n + 1)
+    bar.add(next_start - starts[index])
+  end
+end
+
+-- -- Blocking maps ------------------------------------------------------------------
+
+local function blocking_map(self, kind, fname, func, seq, chunksize)
+  local cs, progress = map_options(chunksize, fname)
+  local job = self:_map_job(kind, fname, func, seq, cs, {})
+  local bar = progress and progress_bar(job._total)
+  watch(job, bar)
+  local ok, err = pcall(job.wait, job)
+  if bar then bar.finish() end
+  if not ok then error(err, 0) end
+  if job._error then
+    job._ready = true
+    error(job._error, 0)
+  end
+  return job._results
+end
+
+function Pool:map(func, seq, chunksize)
+  return blocking_map(self, "map", "map", func, seq, chunksize)
+end
+
+function Pool:starmap(func, seq, chunksize)
+  return blocking_map(self, "starmap", "starmap", func, seq, chunksize)
+end
+
+-- imap / imap_unordered: `for i, v in pool:imap(f, seq) do`
+local function iterate(self, fname, func, seq, chunksize, unordered)
+  local cs, progress = map_options(chunksize, fname)
+  local job = self:_map_job("map", fname, func, seq, cs, { imap = true })
+  local bar = progress and progress_bar(job._total)
+  local arrived, next_pos = {}, 1
+  local got = {}  -- positions whose results are in
+  job._on_chunk = function(index, ok)
+    local first = job._starts[index]
+    local last = (job._starts[index + 1] or (job._results.n + 1)) - 1
+    if not ok and job._error_at then last = job._error_at - 1 end
+    for p = first, last do
+      got[p] = true
+      if unordered then arrived[#arrived + 1] = p end
+    end
+    if bar then bar.add(last - first + 1) end
+  end
+  local failed = false
+  return function()
+    while true do
+      if unordered then
+        local p = table.remove(arrived, 1)
+        if p then return p, job._results[p] end
+      elseif got[next_pos] then
+        local p = next_pos
+        next_pos = next_pos + 1
+        got[p] = nil
+        return p, job._results[p]
+      end
+      local err_at = job._error_at
+      if job._error and not failed and (unordered or err_at == nil or next_pos >= err_at) then
+        if bar then bar.finish() end
+        failed = true  -- the iteration ends with this error
+        error(job._error, 0)
+      end
+      if failed or job._ready or (job._exhausted and job._done_chunks == job._chunks) then
+        if bar then bar.finish() end
+        return nil
+      end
+      self:_pump()
+    end
+  end
+end
+
+function Pool:imap(func, seq, chunksize)
+  return iterate(self, "imap", func, seq, chunksize, false)
+end
+
+function Pool:imap_unordered(func, seq, chunksize)
+  return iterate(self, "imap_unordered", func, seq, chunksize, true)
+end
+
+-- -- Ending ----------------------------------------------------------------------------
+
+-- No more tasks; the workers end once they have done theirs.
+function Pool:close()
+  if self._state ~= RUN then return end
+  self._state = CLOSE
+  -- Whatever is still to be sent goes now, before the stop messages.
+  for job in pairs(self._sources) do
+    for task in job._next_task do self:_dispatch(task, true) end
+  end
+  self._sources = {}
+  local pending = self._pending
+  self._pending = {}
+  for _, task in ipairs(pending) do
+    if not task.job._ready then self:_dispatch(task, true) end
+  end
+  for _, w in ipairs(self._workers) do w.tasks:put(nil) end
+end
+
+-- Stops the workers now; unfinished tasks fail with ProcessError.
+function Pool:terminate()
+  if self._state == TERMINATE then return end
+  self._state = TERMINATE
+  terminate_workers(self._workers)
+  self._workers, self._by_wid, self._pending, self._sources = {}, {}, {}, {}
+  local err = core.new_error("ProcessError", "the pool was terminated before the task finished")
+  for _, job in pairs(self._jobs) do
+    job:_fail(err)
+    job._exhausted, job._done_chunks = true, job._chunks
+    job:_finish()
+  end
+  live_pools[self] = nil
+end
+
+-- Waits for the workers to end (after close or terminate), collecting
+-- results and running callbacks meanwhile.
+function Pool:join()
+  if self._state == RUN then core.error("ValueError", "join: close() or terminate() the pool first") end
+  while #self._workers > 0 do
+    self:_pump()
+    for _, w in ipairs(self._workers) do
+      if w.proc.exitcode ~= nil and outstanding(w) == 0 then
+        self:_worker_ended(w)
+        break
+      end
+    end
+  end
+  self:_drain_replies()
+  live_pools[self] = nil
+end
+
+function Pool:__tostring()
+  return ("<Pool state=%s processes=%d>"):format(self._state, self._processes)
+end
+
+-- with-statement equivalent: pool:with(function(pool) ... end) terminates
+-- the pool afterwards, as Python's `with Pool() as pool:` does.
+function Pool:with(fn, ...)
+  local r = pack(xpcall(fn, debug.traceback, self, ...))
+  self:terminate()
+  if not r[1] then error(r[2], 0) end
+  return unpack(r, 2, r.n)
+end
+
+util.at_exit(function()
+  for pool in pairs(live_pools) do pcall(pool.terminate, pool) end
+end)
+-- A forked child owns none of its parent's pools.
+util.register_after_fork(function()
+  for pool in pairs(live_pools) do live_pools[pool] = nil end
+end)
+
+-- A pool whose workers start with context `ctx` (ctx.Pool).
+function M.new(ctx, ...)
+  local self = setmetatable({}, Pool)
+  init(self, ctx, ...)
+  return self
+end
+
+-- mp.Pool(...): workers start with the current start method.
+function M.Pool(...)
+  return M.new(require("multiprocessing.context").get_context(), ...)
+end
+
+return M
