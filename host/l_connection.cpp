@@ -18,9 +18,11 @@
 //           direction, message over maxlength), BufferTooShort (the message
 //           in `value`), AuthenticationError, SerializationError, TypeError
 //           and ValueError for bad arguments — luamp error tables via wrap<>.
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <new>
 #include <string>
@@ -316,7 +318,7 @@ int l_core_conn_metatable(lua_State* L) {
 
 struct LListener {
   int fd;
-  std::string unlink_path;  // a Unix socket file this process made
+  char unlink_path[sizeof(sockaddr_un::sun_path)];  // a Unix socket file this process made, or ""
   pid_t owner;
 };
 
@@ -329,8 +331,8 @@ LListener* check_listener(lua_State* L, const char* method) {
 void close_listener(LListener* l) {
   if (l->fd >= 0) close(l->fd);
   l->fd = -1;
-  if (!l->unlink_path.empty() && l->owner == getpid()) unlink(l->unlink_path.c_str());
-  l->unlink_path.clear();
+  if (l->unlink_path[0] && l->owner == getpid()) unlink(l->unlink_path);
+  l->unlink_path[0] = '\0';
 }
 
 // [-0, +1] (host, port) of a TCP address; a Unix address pushes its path
@@ -356,12 +358,12 @@ int l_core_conn_listen(lua_State* L) {
   conn::Address want = check_address(L, 1, "Listener");
   int backlog = static_cast<int>(luaL_optinteger(L, 4, 1));
   auto* l = static_cast<LListener*>(lua_newuserdata(L, sizeof(LListener)));
-  new (l) LListener{-1, {}, getpid()};
+  *l = LListener{-1, {}, getpid()};
   luaL_getmetatable(L, kListenerMeta);
   lua_setmetatable(L, -2);
   conn::Address bound;
   l->fd = conn::listen_on(want, backlog > 0 ? backlog : 1, &bound);
-  if (bound.unix_path) l->unlink_path = bound.path_or_host;
+  if (bound.unix_path) snprintf(l->unlink_path, sizeof l->unlink_path, "%s", bound.path_or_host.c_str());
   push_address(L, bound);
   return 3;
 }
@@ -391,7 +393,6 @@ int l_listener_fileno(lua_State* L) {
 int l_listener_gc(lua_State* L) {
   auto* l = static_cast<LListener*>(lua_touserdata(L, 1));
   close_listener(l);
-  l->~LListener();
   return 0;
 }
 

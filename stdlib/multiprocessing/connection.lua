@@ -132,6 +132,7 @@ local function watched_fd(o, i)
     if fd == nil then raise("ValueError", ("wait: object #%d is a process that was not started"):format(i)) end
     return fd, false
   end
+  if type(o) == "table" and type(o.sentinel) == "number" then return o.sentinel, false end  -- parent_process()
   local fileno = (type(o) == "table" or type(o) == "userdata") and o.fileno
   if type(fileno) == "function" then return fileno(o), false end
   raise("TypeError", ("wait: object #%d expected a Connection, a Process or a file descriptor, got %s"):format(i, type(o)))
