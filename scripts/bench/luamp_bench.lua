@@ -203,6 +203,123 @@ workload("start_join_parallel_fork", {
   end,
 })
 
+---------------------------------------------------------------------- pool
+
+local function sq(x) return x * x end
+
+local function range0(n)
+  local t = {}
+  for i = 1, n do t[i] = i - 1 end
+  return t
+end
+
+-- Pool(2) (fork), warmed up with map over 1000 items and 20 apply_async.
+local function warm_pool(workers)
+  local pool = mp.get_context("fork").Pool(workers)
+  pool:map(sq, range0(1000))
+  for i = 1, 20 do pool:apply_async(sq, { i }):get() end
+  return pool
+end
+
+local function squares_ok(result, n)
+  if result.n ~= n then return false end
+  for i = 1, n do
+    if result[i] ~= (i - 1) * (i - 1) then return false end
+  end
+  return true
+end
+
+-- pool:map over n ints with `chunksize` (nil: the default). The input
+-- table is made before the clock starts (CPython passes a range).
+local function pool_map_items(p, chunksize)
+  local pool = warm_pool(p.workers)
+  local samples, ok = {}, true
+  for r = 1, p.reps do
+    local input = range0(p.n)
+    local t0 = clock()
+    local result = pool:map(sq, input, chunksize)
+    samples[r] = p.n / (clock() - t0)
+    ok = ok and squares_ok(result, p.n)
+  end
+  pool:terminate()
+  return { metric("items_per_s", "items/s", samples, ok, "higher") }
+end
+
+workload("pool_map_tiny", {
+  full = { n = 200000, workers = 2, start_method = "fork" },
+  quick = { n = 50000, workers = 2, start_method = "fork" },
+  needs = { "Pool", "get_context" },
+  run = function(p) return pool_map_items(p, nil) end,
+})
+
+workload("pool_map_tiny_chunk1", {
+  full = { n = 20000, workers = 2, start_method = "fork" },
+  quick = { n = 5000, workers = 2, start_method = "fork" },
+  needs = { "Pool", "get_context" },
+  run = function(p) return pool_map_items(p, 1) end,
+})
+
+workload("pool_apply_async_latency", {
+  full = { n = 2000, workers = 2, start_method = "fork" },
+  quick = { n = 500, workers = 2, start_method = "fork" },
+  needs = { "Pool", "get_context" },
+  run = function(p)
+    local pool = warm_pool(p.workers)
+    local samples, ok = {}, true
+    for r = 1, p.reps do
+      local t0 = clock()
+      for i = 0, p.n - 1 do
+        ok = pool:apply_async(sq, { i }):get() == i * i and ok
+      end
+      samples[r] = (clock() - t0) * 1e6 / p.n
+    end
+    pool:terminate()
+    return { metric("us_per_call", "us", samples, ok) }
+  end,
+})
+
+-- Trial division, no shortcuts (the README's definition).
+local function count_primes(limit)
+  local count = 0
+  for n = 2, limit - 1 do
+    local d, prime = 2, true
+    while d * d <= n do
+      if n % d == 0 then prime = false break end
+      d = d + 1
+    end
+    if prime then count = count + 1 end
+  end
+  return count
+end
+
+workload("pool_cpu_speedup", {
+  full = { limit = 30000, calls = 16, workers = 2, start_method = "fork" },
+  quick = { limit = 30000, calls = 8, workers = 2, start_method = "fork" },
+  needs = { "Pool", "get_context" },
+  run = function(p)
+    local pool = warm_pool(p.workers)
+    local serial, parallel, speedup, ok = {}, {}, {}, true
+    local args = {}
+    for i = 1, p.calls do args[i] = p.limit end
+    for r = 1, p.reps do
+      local t0 = clock()
+      for _ = 1, p.calls do ok = count_primes(p.limit) == 3245 and ok end
+      serial[r] = clock() - t0
+      t0 = clock()
+      local counts = pool:map(count_primes, args)
+      parallel[r] = clock() - t0
+      for i = 1, p.calls do ok = counts[i] == 3245 and ok end
+      speedup[r] = serial[r] / parallel[r]
+    end
+    pool:terminate()
+    return {
+      metric("serial_s", "s", serial, ok),
+      metric("parallel_s", "s", parallel, ok),
+      metric("speedup", "x", speedup, ok, "higher"),
+    }
+  end,
+})
+
 -------------------------------------------------------------------- queues
 
 -- Child of the queue workloads: notes the clock just before its first put,
@@ -528,10 +645,9 @@ workload("array_sum", {
 })
 
 --------------------------------------------------------------------- memory
--- Until mp.Pool exists, worker_memory measures idle mp.Process children:
--- per repetition and start method a fresh luamp (so fork children inherit
--- a minimal parent) starts `workers` children that sleep, waits settle_s,
--- and reads Rss/Pss of each child and of itself.
+-- worker_memory: per repetition and start method a fresh luamp (so fork
+-- workers inherit a minimal parent) makes a Pool, waits until every worker
+-- has answered, settles, and reads Rss/Pss of each worker and of itself.
 
 local function smaps_kb(pid)
   local f = io.open("/proc/" .. pid .. "/smaps_rollup")
@@ -542,28 +658,34 @@ local function smaps_kb(pid)
            pss = tonumber(text:match("\nPss:%s+(%d+)")) }
 end
 
-local function sleep_for(seconds) mp.sleep(seconds) end
+local function square(x) return x * x end
 
--- Runs in the fresh luamp; prints "worker RSS PSS" per child, then
--- "parent RSS PSS", or "dead" for a child that was not alive to measure.
-local function memory_probe(method, workers, child_s, settle_s)
-  local ctx = mp.get_context(method)
-  local procs = {}
-  for i = 1, workers do
-    procs[i] = ctx.Process{ target = sleep_for, args = { child_s } }
-    procs[i]:start()
+local function sleep_and_return_pid(seconds)
+  mp.sleep(seconds)
+  return mp.getpid()
+end
+
+-- Runs in the fresh luamp; prints "worker RSS PSS" per worker, then
+-- "parent RSS PSS", or "dead" for a worker that could not be measured.
+local function memory_probe(method, workers, settle_s)
+  local pool = mp.get_context(method).Pool(workers)
+  pool:apply(square, { 3 })
+  local pids, seen = {}, 0
+  while seen < workers do
+    local arg = {}
+    for i = 1, workers do arg[i] = 0.02 end
+    for _, pid in ipairs(pool:map(sleep_and_return_pid, arg, 1)) do
+      if not pids[pid] then pids[pid], seen = true, seen + 1 end
+    end
   end
   mp.sleep(settle_s)
   local lines = {}
-  for _, pr in ipairs(procs) do
-    local m = pr:is_alive() and smaps_kb(pr.pid)
+  for pid in pairs(pids) do
+    local m = smaps_kb(pid)
     lines[#lines + 1] = m and ("worker %d %d"):format(m.rss, m.pss) or "dead"
   end
   local me = smaps_kb(mp.getpid())
-  for _, pr in ipairs(procs) do pr:join() end
-  for _, pr in ipairs(procs) do
-    if pr.exitcode ~= 0 then lines[#lines + 1] = "failed" end
-  end
+  pool:terminate()
   lines[#lines + 1] = ("parent %d %d"):format(me.rss, me.pss)
   io.stdout:write(table.concat(lines, "\n"), "\n")
 end
@@ -582,7 +704,7 @@ end
 local function probe_in_fresh_luamp(method, p)
   local cmd = table.concat({
     shell_quote(luamp_command()), shell_quote(arg[0]), "--memory-probe", method,
-    tostring(p.workers), tostring(p.child_s), tostring(p.settle_s) }, " ")
+    tostring(p.workers), tostring(p.settle_s) }, " ")
   local pipe = assert(io.popen(cmd))
   local out = { workers = {}, ok = true }
   for line in pipe:lines() do
@@ -601,10 +723,8 @@ local function probe_in_fresh_luamp(method, p)
 end
 
 workload("worker_memory", {
-  full = { workers = 2, child_s = 1.5, settle_s = 0.3,
-           methods = { "fork", "spawn", "forkserver" },
-           workers_are = "idle mp.Process children (no mp.Pool yet)" },
-  needs = { "Process", "get_context" },
+  full = { workers = 2, settle_s = 0.2, methods = { "fork", "spawn", "forkserver" } },
+  needs = { "Pool", "get_context" },
   run = function(p)
     local series, names = {}, {}
     local function add(name, value)
@@ -719,7 +839,7 @@ end
 
 local function main(argv)
   if argv[1] == "--memory-probe" then
-    memory_probe(argv[2], tonumber(argv[3]), tonumber(argv[4]), tonumber(argv[5]))
+    memory_probe(argv[2], tonumber(argv[3]), tonumber(argv[4]))
     return 0
   end
   local opts = parse_args(argv)

@@ -330,9 +330,11 @@ local function init(self, ctx, processes, initializer, initargs, maxtasks)
   self._start_failures = 0
   for _ = 1, processes do self:_start_worker() end
   -- Terminated when garbage-collected or left open at exit: no orphans.
-  local workers = self._workers
+  local workers, owner = self._workers, core.getpid()
   local proxy = newproxy(true)
-  getmetatable(proxy).__gc = function() terminate_workers(workers) end
+  getmetatable(proxy).__gc = function()
+    if core.getpid() == owner then terminate_workers(workers) end
+  end
   self._gc = proxy
   live_pools[self] = true
 end

@@ -136,7 +136,7 @@ end
 -- For the pool: true and an item, or false when none came within
 -- `timeout` seconds; no Empty error to catch on the hot path.
 function SimpleQueue:_poll(timeout)
-  local rc = C.luamp_queue_get(self, 1, timeout, item)
+  local rc = C.luamp_queue_get(self, timeout > 0 and 1 or 0, timeout, item)
   if rc == 1 then return true, taken() end
   if rc < 0 then last_error() end
   return false
