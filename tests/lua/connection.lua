@@ -296,6 +296,17 @@ do -- a Connection inside a message (pidfd_getfd from the sender)
   for _, c in ipairs({ x, ca, u, s1, s2, copy }) do c:close() end
 end
 
+if mp.Queue then -- a Connection through a Queue
+  local q = mp.Queue()
+  local a, b = mp.Pipe()
+  local p = start(function(queue) queue:get():send("via a queue") end, q)
+  q:put(b)
+  T.eq(a:recv(), "via a queue", "a Connection received from a Queue works")
+  joined(p, "queue receiver")
+  a:close()
+  b:close()
+end
+
 do -- unsendable things around connections
   local l = mp.connection.Listener()
   T.checkerr("SerializationError", "Listener", mp.dumps, { l })
