@@ -1,8 +1,9 @@
 // l_queue.cpp — the queues' C ABI (queue_abi.h) over runtime/queue, and
-// the one luamp.core function the FFI cannot do: decoding a held message
-// that is not a scalar into Lua values.
+// the two luamp.core functions the FFI cannot do: encoding and decoding
+// values that are not scalars.
 //
-// Provides: luamp_queue_* (see queue_abi.h); core.queue_decode_held().
+// Provides: luamp_queue_* (see queue_abi.h); core.queue_put_value(),
+//           core.queue_decode_held().
 // Errors:   the C ABI turns every luamp::Error into -1 plus a remembered
 //           type and message; core.queue_decode_held raises luamp error
 //           tables through wrap<>.
@@ -56,6 +57,22 @@ int put(void* q, std::string_view head, std::string_view body, int block, double
   return guarded([&] { return queue::put(handle(q), head, body, block != 0, timeout) ? 1 : 0; });
 }
 
+// core.queue_put_value(queue, obj, block, timeout) -> 1 put, 0 full, -1
+// error (see luamp_queue_error_*): a value that is not a scalar, encoded
+// into a reused buffer rather than a Lua string. `queue` is the cdata
+// (lua_topointer gives LuaJIT cdata's payload); the Lua side has checked it.
+int l_queue_put_value(lua_State* L) {
+  auto* q = static_cast<luamp_queue*>(const_cast<void*>(lua_topointer(L, 1)));
+  if (!q || lua_type(L, 1) != 10 /* LUA_TCDATA */) arg_type_error(L, "put", 1, "self", "a queue");
+  static std::string buf;
+  buf.clear();
+  ser::encode(L, 2, buf, "item");
+  int rc = put(q, {}, buf, lua_toboolean(L, 3), lua_tonumber(L, 4));
+  if (buf.capacity() > (1u << 20)) std::string().swap(buf);
+  lua_pushinteger(L, rc);
+  return 1;
+}
+
 // core.queue_decode_held() -> the value of the held message (then released)
 int l_queue_decode_held(lua_State* L) {
   struct Release {
@@ -67,6 +84,7 @@ int l_queue_decode_held(lua_State* L) {
 
 const luaL_Reg kFuncs[] = {
     {"queue_decode_held", wrap<l_queue_decode_held>},
+    {"queue_put_value", wrap<l_queue_put_value>},
     {nullptr, nullptr},
 };
 
@@ -106,10 +124,6 @@ int luamp_queue_put_number(void* q, double value, int block, double timeout) {
 int luamp_queue_put_string(void* q, const char* s, size_t len, int block, double timeout) {
   char head[ser::kScalarHeadMax];
   return put(q, {head, ser::string_message_head(len, head)}, {s, len}, block, timeout);
-}
-
-int luamp_queue_put_message(void* q, const char* bytes, size_t len, int block, double timeout) {
-  return put(q, {}, {bytes, len}, block, timeout);
 }
 
 int luamp_queue_get(void* q, int block, double timeout, luamp_item* item) {

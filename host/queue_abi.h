@@ -4,9 +4,9 @@
  *
  * Why FFI: a put or get of a number or a string is then one compiled call
  * from a JIT trace, with no Lua C API frame, no argument stack and no trace
- * exit; that is most of the cost of a small message. Other values are
- * serialized in Lua (mp.dumps) and put as a message, or decoded from the
- * message held here (core.queue_decode_held).
+ * exit; that is most of the cost of a small message. Other values go
+ * through two luamp.core functions that encode into (core.queue_put_value)
+ * or decode from (core.queue_decode_held) C++ buffers, never a Lua string.
  *
  * Every function returns 1 on success, 0 when the queue stayed empty/full
  * (non-blocking or timed out), -1 on an error whose luamp type and message
@@ -49,8 +49,6 @@ int luamp_queue_create(void* queue, int kind, double maxsize);
 int luamp_queue_attach(void* queue, double offset, int kind);
 int luamp_queue_put_number(void* queue, double value, int block, double timeout);
 int luamp_queue_put_string(void* queue, const char* s, size_t len, int block, double timeout);
-/* A message made by mp.dumps. */
-int luamp_queue_put_message(void* queue, const char* bytes, size_t len, int block, double timeout);
 int luamp_queue_get(void* queue, int block, double timeout, luamp_item* item);
 void luamp_queue_release(void);
 double luamp_queue_size(void* queue);

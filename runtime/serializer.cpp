@@ -726,7 +726,11 @@ void Encoder::table_body(int t) {
   int slot = lua_gettop(L_) + 1;
   for (lua_Integer i = 1; i <= narr; ++i) {
     lua_rawgeti(L_, t, static_cast<int>(i));
-    child(slot, Seg{Seg::kIndex, {.index = i}});
+    // Numbers, the bulk of big arrays, skip the path bookkeeping.
+    if (lua_type(L_, slot) == LUA_TNUMBER)
+      put_number(out_, lua_tonumber(L_, slot));
+    else
+      child(slot, Seg{Seg::kIndex, {.index = i}});
     lua_pop(L_, 1);
   }
   uint64_t nhash = 0;

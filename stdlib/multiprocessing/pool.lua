@@ -324,7 +324,7 @@ local function init(self, ctx, processes, initializer, initargs, maxtasks)
   self._workers, self._by_wid, self._next_wid = {}, {}, 0
   self._jobs, self._next_job = {}, 0
   self._fids, self._fdefs, self._next_fid = setmetatable({}, { __mode = "k" }), {}, 0
-  self._pending = {}        -- tasks of blocking calls, dispatched as workers free up
+  self._pending = { first = 1, last = 0 }  -- tasks of blocking calls, sent as workers free up
   self._sources = {}        -- lazy jobs (imap over an iterator) that make more chunks
   self._checked = clock()
   self._start_failures = 0
@@ -383,22 +383,27 @@ end
 
 function Pool:_dispatch(task, eager)
   local w = self:_choose(not eager and IN_FLIGHT or nil)
-  if w then self:_send(w, task) else self._pending[#self._pending + 1] = task end
+  if w then
+    self:_send(w, task)
+  else
+    local pending = self._pending
+    pending.last = pending.last + 1
+    pending[pending.last] = task
+  end
 end
 
 -- Moves pending tasks (and chunks of lazy jobs) to workers with room.
 function Pool:_feed()
   local pending = self._pending
-  while #pending > 0 do
-    local task = pending[1]
-    if task.job._ready then
-      table.remove(pending, 1)
-    else
+  while pending.first <= pending.last do
+    local task = pending[pending.first]
+    if not task.job._ready then
       local w = self:_choose(task.eager and nil or IN_FLIGHT)
       if not w then break end
-      table.remove(pending, 1)
       self:_send(w, task)
     end
+    pending[pending.first] = nil
+    pending.first = pending.first + 1
   end
   for job in pairs(self._sources) do
     while not job._exhausted and (job._chunks - job._done_chunks) < IN_FLIGHT * self._processes do
@@ -516,7 +521,8 @@ function Pool:_broken_by(err, why)
   if why then err = core.new_error(err.type, why .. ": " .. tostring(err.message), err.value, err.traceback) end
   self._broken = err
   local workers = self._workers
-  self._workers, self._by_wid, self._pending, self._sources = {}, {}, {}, {}
+  self._workers, self._by_wid, self._sources = {}, {}, {}
+  self._pending = { first = 1, last = 0 }
   terminate_workers(workers)
   for _, job in pairs(self._jobs) do
     job:_fail(err)
@@ -784,9 +790,9 @@ function Pool:close()
   end
   self._sources = {}
   local pending = self._pending
-  self._pending = {}
-  for _, task in ipairs(pending) do
-    if not task.job._ready then self:_dispatch(task, true) end
+  self._pending = { first = 1, last = 0 }
+  for i = pending.first, pending.last do
+    if not pending[i].job._ready then self:_dispatch(pending[i], true) end
   end
   for _, w in ipairs(self._workers) do w.tasks:put(nil) end
 end
@@ -796,7 +802,8 @@ function Pool:terminate()
   if self._state == TERMINATE then return end
   self._state = TERMINATE
   terminate_workers(self._workers)
-  self._workers, self._by_wid, self._pending, self._sources = {}, {}, {}, {}
+  self._workers, self._by_wid, self._sources = {}, {}, {}
+  self._pending = { first = 1, last = 0 }
   local err = core.new_error("ProcessError", "the pool was terminated before the task finished")
   for _, job in pairs(self._jobs) do
     job:_fail(err)

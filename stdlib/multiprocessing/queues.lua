@@ -23,7 +23,6 @@ int luamp_queue_create(void*, int, double);
 int luamp_queue_attach(void*, double, int);
 int luamp_queue_put_number(void*, double, int, double);
 int luamp_queue_put_string(void*, const char*, size_t, int, double);
-int luamp_queue_put_message(void*, const char*, size_t, int, double);
 int luamp_queue_get(void*, int, double, luamp_item*);
 void luamp_queue_release(void);
 double luamp_queue_size(void*);
@@ -36,7 +35,7 @@ const char* luamp_queue_error_message(void);
 ]]
 
 local C = ffi.C
-local dumps, decode_held, raise = core.dumps, core.queue_decode_held, core.error
+local put_value, decode_held, raise = core.queue_put_value, core.queue_decode_held, core.error
 local KIND = { Queue = 1, SimpleQueue = 2, JoinableQueue = 3 }
 
 local M = {}
@@ -85,8 +84,7 @@ local function put(self, obj, block, timeout, method)
   elseif t == "string" then
     rc = C.luamp_queue_put_string(self, obj, #obj, block, timeout)
   else
-    local bytes = dumps(obj, "item")
-    rc = C.luamp_queue_put_message(self, bytes, #bytes, block, timeout)
+    rc = put_value(self, obj, block, timeout)
   end
   if rc ~= 1 then refused(rc, method) end
 end
