@@ -73,18 +73,41 @@ int l_queue_put_value(lua_State* L) {
   return 1;
 }
 
-// core.queue_decode_held() -> the value of the held message (then released)
+// core.queue_put_framed(queue, head, head_len, obj, block, timeout) -> as
+// queue_put_value, the message being `head_len` bytes at `head` (a cdata)
+// followed by obj serialized: the pool's replies that are not all numbers.
+int l_queue_put_framed(lua_State* L) {
+  auto* q = static_cast<luamp_queue*>(const_cast<void*>(lua_topointer(L, 1)));
+  const auto* head = static_cast<const char*>(lua_topointer(L, 2));
+  if (!q || !head || lua_type(L, 1) != 10 || lua_type(L, 2) != 10)
+    arg_type_error(L, "queue_put_framed", 1, "queue, head", "cdata");
+  static std::string buf;
+  buf.clear();
+  ser::encode(L, 4, buf, "result");
+  int rc = put(q, {head, static_cast<size_t>(luaL_checkinteger(L, 3))}, buf, lua_toboolean(L, 5),
+               lua_tonumber(L, 6));
+  if (buf.capacity() > (1u << 20)) std::string().swap(buf);
+  lua_pushinteger(L, rc);
+  return 1;
+}
+
+// core.queue_decode_held([skip]) -> the value serialized in the held
+// message from byte `skip` on (default 0); the message is then released.
 int l_queue_decode_held(lua_State* L) {
   struct Release {
     ~Release() { g_held.clear(); }
   } release;
-  ser::decode(L, g_held.bytes());
+  auto skip = static_cast<size_t>(luaL_optinteger(L, 1, 0));
+  std::string_view bytes = g_held.bytes();
+  if (skip > bytes.size()) raise_error(L, ErrType::ValueError, "queue_decode_held: skip past the message");
+  ser::decode(L, bytes.substr(skip));
   return 1;
 }
 
 const luaL_Reg kFuncs[] = {
     {"queue_decode_held", wrap<l_queue_decode_held>},
     {"queue_put_value", wrap<l_queue_put_value>},
+    {"queue_put_framed", wrap<l_queue_put_framed>},
     {nullptr, nullptr},
 };
 
@@ -139,6 +162,22 @@ int luamp_queue_get(void* q, int block, double timeout, luamp_item* item) {
     item->number = s.number;
     item->data = s.string.data();
     item->len = s.string.size();
+    return 1;
+  });
+}
+
+int luamp_queue_put_raw(void* q, const void* head, size_t head_len, const void* body,
+                        size_t body_len, int block, double timeout) {
+  return put(q, {static_cast<const char*>(head), head_len}, {static_cast<const char*>(body), body_len},
+             block, timeout);
+}
+
+int luamp_queue_get_raw(void* q, int block, double timeout, luamp_item* item) {
+  return guarded([&] {
+    if (!queue::get(handle(q), g_held, block != 0, timeout)) return 0;
+    item->kind = 5;
+    item->data = g_held.bytes().data();
+    item->len = g_held.bytes().size();
     return 1;
   });
 }

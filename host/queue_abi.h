@@ -35,8 +35,8 @@ typedef struct luamp_queue {
 } luamp_queue;
 
 /* What get() took: kind 0 nil, 1 boolean, 2 number, 3 string (data, len),
- * 4 any other value (decode the held message). data stays valid until the
- * next get or luamp_queue_release(). */
+ * 4 any other value (decode the held message), 5 a raw message (get_raw).
+ * data stays valid until the next get or luamp_queue_release(). */
 typedef struct luamp_item {
   int32_t kind;
   int32_t boolean;
@@ -50,6 +50,12 @@ int luamp_queue_attach(void* queue, double offset, int kind);
 int luamp_queue_put_number(void* queue, double value, int block, double timeout);
 int luamp_queue_put_string(void* queue, const char* s, size_t len, int block, double timeout);
 int luamp_queue_get(void* queue, int block, double timeout, luamp_item* item);
+/* Messages that are not one serialized value (the pool's framed tasks and
+ * replies): put head and body as they are; get them back whole in
+ * item->data/len (kind 5), held like any other. */
+int luamp_queue_put_raw(void* queue, const void* head, size_t head_len, const void* body,
+                        size_t body_len, int block, double timeout);
+int luamp_queue_get_raw(void* queue, int block, double timeout, luamp_item* item);
 void luamp_queue_release(void);
 double luamp_queue_size(void* queue);
 double luamp_queue_maxsize(void* queue);  /* 0: unbounded */

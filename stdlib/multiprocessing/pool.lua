@@ -114,17 +114,77 @@ local function run_callback(cb, ...)
   if cb then xpcall(cb, report_callback_error, ...) end
 end
 
+-- -- The wire --------------------------------------------------------------------------
+
+-- Tasks and replies are framed messages on the queues (raw puts, see
+-- host/queue_abi.h): a fixed header, then for a task the function's
+-- encoding the first time this worker needs it, then the body. A body of
+-- numbers only (the common map) is `count` doubles, copied by FFI with no
+-- serializer at all; any other body is one serialized value.
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { int32_t job, index, fid, kind, flags, def_len, count; } luamp_pool_task;
+typedef struct { int32_t wid, job, index, ok, flags, position, count; } luamp_pool_reply;
+]]
+local C = ffi.C
+local TASK_SIZE, REPLY_SIZE = ffi.sizeof("luamp_pool_task"), ffi.sizeof("luamp_pool_reply")
+local CALL, MAP, STARMAP = 1, 2, 3
+local NUMBERS = 1  -- flags: the body is `count` doubles
+local STOP = 0     -- a task header with job 0: the worker ends
+
+local function queue_failed()
+  core.error(ffi.string(C.luamp_queue_error_type()), ffi.string(C.luamp_queue_error_message()))
+end
+
+local doubles, doubles_size = nil, 0
+-- A scratch array of at least n doubles (reused: only one is in use at a time).
+local function scratch(n)
+  if n > doubles_size then
+    doubles_size = math.max(n, 2 * doubles_size, 64)
+    doubles = ffi.new("double[?]", doubles_size)
+  end
+  return doubles
+end
+
+-- Items first..last of t as packed doubles, or nil if one is not a number.
+local function pack_numbers(t, first, last)
+  local n = last - first + 1
+  local buf = scratch(n)
+  for i = 0, n - 1 do
+    local v = t[first + i]
+    if type(v) ~= "number" then return nil end
+    buf[i] = v
+  end
+  return ffi.string(buf, 8 * n)
+end
+
+-- count doubles at p as a table {n = count, ...}
+local function unpack_numbers(p, count)
+  local src = ffi.cast("const double*", p)
+  local t = { n = count }
+  for i = 0, count - 1 do t[i + 1] = src[i] end
+  return t
+end
+
+-- The body of a task or reply: flags, count, data.
+local function body_of(t, n, role)
+  local packed = pack_numbers(t, 1, n)
+  if packed then return NUMBERS, n, packed end
+  return 0, n, dumps(t, role)
+end
+
 -- -- The worker ----------------------------------------------------------------------
 
--- A task message: {job, index, kind, fid, def, data}; def is the encoded
--- function the first time this worker needs it, data the encoded arguments
--- (kind "call") or chunk of items ("map", "starmap"). A reply: {wid, job,
--- index, ok, value, partial, position}.
-local function run_task(funcs, t)
-  local kind, fid, def = t[3], t[4], t[5]
-  if def then funcs[fid] = loads(def) end
-  local f, data = funcs[fid], loads(t[6])
-  if kind == "call" then
+-- What the task's body holds: the items (map, starmap) or arguments (call).
+local function task_body(t, p, len)
+  if t.flags == NUMBERS then return unpack_numbers(p, t.count) end
+  return core.queue_decode_held(len)
+end
+
+-- Runs one task; returns ok and the results (a table with n), or false,
+-- the error info, the results before the failure and its position.
+local function run_task(f, kind, data)
+  if kind == CALL then
     local r = pack(xpcall(f, error_info, unpack(data, 1, data.n or #data)))
     if not r[1] then return false, r[2] end
     return true, pack(unpack(r, 2, r.n))
@@ -132,7 +192,7 @@ local function run_task(funcs, t)
   local out = { n = data.n }
   for i = 1, data.n do
     local ok, v
-    if kind == "map" then
+    if kind == MAP then
       ok, v = xpcall(f, error_info, data[i])
     else
       local args = data[i]
@@ -144,33 +204,67 @@ local function run_task(funcs, t)
   return true, out
 end
 
-local function reply(results, msg)
-  local ok, err = pcall(results.put, results, msg)
-  if ok then return end
-  -- The result (or the error value) cannot be sent: say so instead.
-  msg[4], msg[6], msg[7] = false, nil, msg[7] or 1
-  msg[5] = { value = err, traceback = "" }
-  if not pcall(results.put, results, msg) then
-    msg[5] = { value = tostring(err), traceback = "" }
-    results:put(msg)
+local rhdr = ffi.new("luamp_pool_reply")
+
+local function put_reply(results, value)
+  local flags, count, data = 0, value.n or 0, nil
+  if rhdr.ok == 1 then
+    local packed = pack_numbers(value, 1, count)
+    if packed then flags, data = NUMBERS, packed end
   end
+  rhdr.flags, rhdr.count = flags, count
+  local rc
+  if data then
+    rc = C.luamp_queue_put_raw(results, rhdr, REPLY_SIZE, data, #data, 1, -1)
+  else
+    rc = core.queue_put_framed(results, rhdr, REPLY_SIZE, value, true, -1)
+  end
+  if rc ~= 1 then queue_failed() end
+end
+
+-- Sends a reply; a value that cannot be sent becomes a SerializationError
+-- reply (and an error value that cannot be sent, its text).
+local function reply(results, job, index, ok, value, partial, position)
+  rhdr.job, rhdr.index, rhdr.ok, rhdr.position = job, index, ok and 1 or 0, position or 0
+  if ok then
+    if pcall(put_reply, results, value) then return end
+    rhdr.ok, rhdr.position = 0, 1
+    value = { value = select(2, pcall(dumps, value, "result")), traceback = "" }
+    partial = nil
+  end
+  local failure = { info = value, partial = partial }
+  if pcall(put_reply, results, failure) then return end
+  failure.info, failure.partial = { value = tostring(value.value), traceback = value.traceback }, nil
+  put_reply(results, failure)
 end
 
 -- The body of every worker process.
 function M._worker(tasks, results, wid, initializer, initargs, maxtasks)
+  rhdr.wid = wid
   if initializer then
     local ok, info = xpcall(initializer, error_info, unpack(initargs, 1, initargs.n or #initargs))
-    if not ok then
-      reply(results, { wid, 0, 0, false, info, init = true })
-      return
-    end
+    if not ok then return reply(results, STOP, 0, false, info) end
   end
+  local item = ffi.new("luamp_item")
   local funcs, done = {}, 0
   while maxtasks == nil or done < maxtasks do
-    local t = tasks:get()
-    if t == nil then break end
-    local ok, value, partial, position = run_task(funcs, t)
-    reply(results, { wid, t[1], t[2], ok, value, partial, position })
+    if C.luamp_queue_get_raw(tasks, 1, -1, item) ~= 1 then queue_failed() end
+    local t = ffi.cast("const luamp_pool_task*", item.data)
+    local job, index, kind, fid, def_len = t.job, t.index, t.kind, t.fid, t.def_len
+    if job == STOP then break end
+    local ok, err = true, nil
+    if def_len > 0 then
+      ok, err = pcall(loads, ffi.string(item.data + TASK_SIZE, def_len))
+      if ok then funcs[fid] = err end
+    end
+    local data
+    if ok then ok, data = pcall(task_body, t, item.data + TASK_SIZE + def_len, TASK_SIZE + def_len) end
+    C.luamp_queue_release()
+    if ok then
+      reply(results, job, index, run_task(funcs[fid], kind, data))
+    else
+      reply(results, job, index, false, { value = data or err, traceback = "" }, nil, 1)
+    end
     done = done + 1
   end
 end
@@ -356,11 +450,35 @@ end
 
 local function outstanding(w) return w.last - w.first + 1 end
 
--- Hands `task` to worker `w`.
+local thdr = ffi.new("luamp_pool_task")
+
+local function put_task(w, head, head_len, data)
+  if C.luamp_queue_put_raw(w.tasks, head, head_len, data, data and #data or 0, 1, -1) ~= 1 then
+    queue_failed()
+  end
+end
+
+local stop_hdr = ffi.new("luamp_pool_task")  -- job 0
+
+-- Tells `w` to end once it has done what it holds.
+function Pool:_stop(w)
+  put_task(w, stop_hdr, TASK_SIZE, nil)
+  w.stopped = true
+end
+
+-- Hands `task` to worker `w`, with its function if `w` has not had it.
 function Pool:_send(w, task)
-  local def
-  if not w.fids[task.fid] then def = self._fdefs[task.fid] end
-  w.tasks:put({ task.job._id, task.index, task.kind, task.fid, def, task.data })
+  thdr.job, thdr.index, thdr.fid, thdr.kind = task.job._id, task.index, task.fid, task.kind
+  thdr.flags, thdr.count = task.flags, task.count
+  local def = not w.fids[task.fid] and self._fdefs[task.fid]
+  if def then
+    thdr.def_len = #def
+    local head = ffi.string(thdr, TASK_SIZE) .. def
+    put_task(w, head, #head, task.data)
+  else
+    thdr.def_len = 0
+    put_task(w, thdr, TASK_SIZE, task.data)
+  end
   w.fids[task.fid] = true
   w.last = w.last + 1
   w[w.last] = task
@@ -437,9 +555,10 @@ end
 
 -- -- Results and failures ----------------------------------------------------------
 
-function Pool:_on_reply(r)
-  local wid, jid = r[1], r[2]
-  if r.init then return self:_broken_by(to_error(r[5]), "the pool's initializer failed") end
+-- A reply: ok and its values (a table with n), or not ok and
+-- {info = error info, partial = results before the failure} at `position`.
+function Pool:_on_reply(wid, jid, index, ok, value, position)
+  if jid == STOP then return self:_broken_by(to_error(value.info), "the pool's initializer failed") end
   local w = self._by_wid[wid]
   if w and outstanding(w) > 0 then
     w[w.first] = nil
@@ -449,9 +568,11 @@ function Pool:_on_reply(r)
   end
   local job = self._jobs[jid]
   if job then
-    local ok, value = r[4], r[5]
-    if not ok then value = to_error(value) end
-    job:_chunk_done(r[3], ok, value, r[6], r[7])
+    if ok then
+      job:_chunk_done(index, true, value)
+    else
+      job:_chunk_done(index, false, to_error(value.info), value.partial, position)
+    end
   end
   -- A worker at its maxtasksperchild is ending now: replace it at once.
   if w and self._maxtasks and w.done >= self._maxtasks and outstanding(w) == 0 then
@@ -460,13 +581,32 @@ function Pool:_on_reply(r)
   end
 end
 
+local ritem = ffi.new("luamp_item")
+
+-- Waits up to `timeout` seconds for a reply and handles it; returns
+-- whether there was one.
+function Pool:_take_reply(timeout)
+  local rc = C.luamp_queue_get_raw(self._results, timeout > 0 and 1 or 0, timeout, ritem)
+  if rc ~= 1 then
+    if rc < 0 then queue_failed() end
+    return false
+  end
+  local r = ffi.cast("const luamp_pool_reply*", ritem.data)
+  local wid, jid, index, ok, position = r.wid, r.job, r.index, r.ok == 1, r.position
+  local value
+  if r.flags == NUMBERS then
+    value = unpack_numbers(ritem.data + REPLY_SIZE, r.count)
+    C.luamp_queue_release()
+  else
+    value = core.queue_decode_held(REPLY_SIZE)
+  end
+  self:_on_reply(wid, jid, index, ok, value, position)
+  return true
+end
+
 -- Every reply already in the result queue.
 function Pool:_drain_replies()
-  while true do
-    local got, r = self._results:_poll(0)
-    if not got then return end
-    self:_on_reply(r)
-  end
+  while self:_take_reply(0) do end
 end
 
 local function describe_exit(code)
@@ -482,7 +622,7 @@ function Pool:_worker_ended(w)
   end
   self._by_wid[w.wid] = nil
   local code = w.proc.exitcode
-  local left = w.tasks:_qsize()
+  local left = math.max(0, w.tasks:_qsize() - (w.stopped and 1 or 0))
   local held = outstanding(w) - left
   if held > 0 then
     local task = w[w.first]
@@ -511,7 +651,7 @@ function Pool:_worker_ended(w)
     -- Closed: the other workers have their stop message already.
     local new = self:_start_worker()
     for _, task in ipairs(rest) do self:_send(new, task) end
-    new.tasks:put(nil)
+    self:_stop(new)
   end
 end
 
@@ -548,11 +688,8 @@ function Pool:_pump(deadline)
   local now = clock()
   local slice = CHECK_EVERY
   if deadline then slice = math.max(0, math.min(slice, deadline - now)) end
-  local got, r = self._results:_poll(slice)
-  if got then
-    self:_on_reply(r)
-    self:_drain_replies()
-  end
+  local got = self:_take_reply(slice)
+  if got then self:_drain_replies() end
   if not got or clock() - self._checked >= CHECK_EVERY then self:_check_workers() end
   self:_feed()
 end
@@ -584,7 +721,8 @@ function Pool:_map_job(kind, fname, func, seq, chunksize, opts)
   if self._broken then return self:_submit_failed_at_once(job) end
   local fid = self:_fid(func)
   local position = 0
-  local role = kind == "starmap" and "iterable" or "iterable"
+  local role = "iterable"
+  kind = kind == "starmap" and STARMAP or MAP
   local function next_task()
     local chunk, n = {}, 0
     while n < chunksize do
@@ -603,7 +741,9 @@ function Pool:_map_job(kind, fname, func, seq, chunksize, opts)
     job._starts[job._chunks] = position + 1
     position = position + n
     if total == nil then job._results.n = position end
-    return { job = job, index = job._chunks, kind = kind, fid = fid, data = dumps(chunk, role), eager = opts.eager }
+    local flags, count, data = body_of(chunk, n, role)
+    return { job = job, index = job._chunks, kind = kind, fid = fid, flags = flags, count = count,
+             data = data, eager = opts.eager }
   end
   job._next_task = next_task
   if total ~= nil then
@@ -632,7 +772,10 @@ function Pool:apply_async(func, args, callback, error_callback)
   end
   local job = new_job(self, "apply", callback, error_callback)
   if self._broken then return self:_submit_failed_at_once(job) end
-  local task = { job = job, index = 1, kind = "call", fid = self:_fid(func), data = dumps(args or {}, "args"), eager = true }
+  args = args or {}
+  local flags, count, data = body_of(args, args.n or #args, "args")
+  local task = { job = job, index = 1, kind = CALL, fid = self:_fid(func), flags = flags, count = count,
+                 data = data, eager = true }
   job._chunks, job._exhausted = 1, true
   self:_dispatch(task, true)
   self:_drain_replies()
@@ -794,7 +937,7 @@ function Pool:close()
   for i = pending.first, pending.last do
     if not pending[i].job._ready then self:_dispatch(pending[i], true) end
   end
-  for _, w in ipairs(self._workers) do w.tasks:put(nil) end
+  for _, w in ipairs(self._workers) do self:_stop(w) end
 end
 
 -- Stops the workers now; unfinished tasks fail with ProcessError.

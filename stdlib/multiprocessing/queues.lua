@@ -24,6 +24,8 @@ int luamp_queue_attach(void*, double, int);
 int luamp_queue_put_number(void*, double, int, double);
 int luamp_queue_put_string(void*, const char*, size_t, int, double);
 int luamp_queue_get(void*, int, double, luamp_item*);
+int luamp_queue_put_raw(void*, const void*, size_t, const void*, size_t, int, double);
+int luamp_queue_get_raw(void*, int, double, luamp_item*);
 void luamp_queue_release(void);
 double luamp_queue_size(void*);
 double luamp_queue_maxsize(void*);
