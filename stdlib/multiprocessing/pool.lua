@@ -146,8 +146,9 @@ local function scratch(n)
   return doubles
 end
 
--- Items first..last of t as packed doubles, or nil if one is not a number.
-local function pack_numbers(t, first, last)
+-- Items first..last of t packed into the scratch array, or nil if one is
+-- not a number.
+local function pack_into_scratch(t, first, last)
   local n = last - first + 1
   local buf = scratch(n)
   for i = 0, n - 1 do
@@ -155,7 +156,14 @@ local function pack_numbers(t, first, last)
     if type(v) ~= "number" then return nil end
     buf[i] = v
   end
-  return ffi.string(buf, 8 * n)
+  return buf
+end
+
+local function all_numbers(t, n)
+  for i = 1, n do
+    if type(t[i]) ~= "number" then return false end
+  end
+  return true
 end
 
 -- count doubles at p as a table {n = count, ...}
@@ -168,8 +176,8 @@ end
 
 -- The body of a task or reply: flags, count, data.
 local function body_of(t, n, role)
-  local packed = pack_numbers(t, 1, n)
-  if packed then return NUMBERS, n, packed end
+  local buf = pack_into_scratch(t, 1, n)
+  if buf then return NUMBERS, n, ffi.string(buf, 8 * n) end
   return 0, n, dumps(t, role)
 end
 
@@ -207,15 +215,12 @@ end
 local rhdr = ffi.new("luamp_pool_reply")
 
 local function put_reply(results, value)
-  local flags, count, data = 0, value.n or 0, nil
-  if rhdr.ok == 1 then
-    local packed = pack_numbers(value, 1, count)
-    if packed then flags, data = NUMBERS, packed end
-  end
-  rhdr.flags, rhdr.count = flags, count
+  local count = value.n or 0
+  local buf = rhdr.ok == 1 and pack_into_scratch(value, 1, count)
+  rhdr.flags, rhdr.count = buf and NUMBERS or 0, count
   local rc
-  if data then
-    rc = C.luamp_queue_put_raw(results, rhdr, REPLY_SIZE, data, #data, 1, -1)
+  if buf then
+    rc = C.luamp_queue_put_raw(results, rhdr, REPLY_SIZE, buf, 8 * count, 1, -1)
   else
     rc = core.queue_put_framed(results, rhdr, REPLY_SIZE, value, true, -1)
   end
@@ -349,16 +354,48 @@ function AsyncResult:_fail(err, position)
   end
 end
 
--- A chunk's reply came in: its values (ok), or the error (a luamp error
--- table) at item `position` of the chunk, after the `partial` results.
+-- The body of chunk `index`: flags, count, and the data with its size in
+-- bytes. A table of numbers is packed straight from the input, here and
+-- again if the chunk must be sent to another worker; anything else was
+-- encoded when submitted (so an unsendable item raised then).
+function AsyncResult:_body(index)
+  local seq = self._numbers
+  if seq then
+    local start = self._starts[index]
+    local count = math.min(self._chunksize, self._total - start + 1)
+    local buf = scratch(count)
+    for i = 0, count - 1 do buf[i] = seq[start + i] end
+    return NUMBERS, count, buf, 8 * count
+  end
+  local b = self._bodies[index]
+  return b.flags, b.count, b.data, #b.data
+end
+
+-- A reply of numbers only: copied into the results from the queue's buffer.
+function AsyncResult:_store_numbers(index, p, count)
+  local src = ffi.cast("const double*", p)
+  if self._kind == "apply" then
+    local t = { n = count }
+    for i = 0, count - 1 do t[i + 1] = src[i] end
+    self._results = t
+    return
+  end
+  local results, start = self._results, self._starts[index] - 1
+  for i = 1, count do results[start + i] = src[i - 1] end
+end
+
+-- A chunk's reply came in: its values (ok; nil when _store_numbers has
+-- put them in place already), or the error (a luamp error table) at item
+-- `position` of the chunk, after the `partial` results.
 function AsyncResult:_chunk_done(index, ok, value, partial, position)
   if self._ready then return end
   local start = self._starts[index] or 1
   local results = self._results
   if self._kind == "apply" then
-    if ok then self._results = value else self:_fail(value) end
+    if not ok then self:_fail(value) elseif value then self._results = value end
   else
-    local items = ok and value or partial or { n = 0 }
+    local items = (ok and value) or partial or { n = 0 }
+    if ok and value == nil then items = { n = 0 } end
     for i = 1, (ok and items.n or (position or 1) - 1) do results[start + i - 1] = items[i] end
     if not ok then self:_fail(value, start + (position or 1) - 1) end
     if self._on_chunk then self._on_chunk(index, ok) end
@@ -377,6 +414,11 @@ local Pool = { __mp_unsendable = "Pool" }
 Pool.__index = Pool
 
 local live_pools = setmetatable({}, { __mode = "k" })
+
+-- A deque of tasks (chunk `indexes[i]` of `jobs[i]`) waiting for a worker.
+local function no_pending()
+  return { first = 1, last = 0, jobs = {}, indexes = {} }
+end
 
 local function terminate_workers(workers)
   for _, w in pairs(workers) do
@@ -418,7 +460,7 @@ local function init(self, ctx, processes, initializer, initargs, maxtasks)
   self._workers, self._by_wid, self._next_wid = {}, {}, 0
   self._jobs, self._next_job = {}, 0
   self._fids, self._fdefs, self._next_fid = setmetatable({}, { __mode = "k" }), {}, 0
-  self._pending = { first = 1, last = 0 }  -- tasks of blocking calls, sent as workers free up
+  self._pending = no_pending()  -- tasks of blocking calls, sent as workers free up
   self._sources = {}        -- lazy jobs (imap over an iterator) that make more chunks
   self._checked = clock()
   self._start_failures = 0
@@ -442,7 +484,9 @@ function Pool:_start_worker()
     args = { tasks, self._results, wid, self._initializer, self._initargs, self._maxtasks },
   }
   proc:start()
-  local w = { wid = wid, proc = proc, tasks = tasks, first = 1, last = 0, fids = {}, given = 0, done = 0 }
+  -- Its tasks not yet answered, oldest first: jobs[i] and their chunk indexes[i].
+  local w = { wid = wid, proc = proc, tasks = tasks, first = 1, last = 0, jobs = {}, indexes = {},
+              fids = {}, given = 0, done = 0 }
   self._workers[#self._workers + 1] = w
   self._by_wid[wid] = w
   return w
@@ -452,37 +496,46 @@ local function outstanding(w) return w.last - w.first + 1 end
 
 local thdr = ffi.new("luamp_pool_task")
 
-local function put_task(w, head, head_len, data)
-  if C.luamp_queue_put_raw(w.tasks, head, head_len, data, data and #data or 0, 1, -1) ~= 1 then
-    queue_failed()
-  end
+local function put_task(w, head, head_len, data, nbytes)
+  if C.luamp_queue_put_raw(w.tasks, head, head_len, data, nbytes, 1, -1) ~= 1 then queue_failed() end
 end
 
 local stop_hdr = ffi.new("luamp_pool_task")  -- job 0
 
 -- Tells `w` to end once it has done what it holds.
 function Pool:_stop(w)
-  put_task(w, stop_hdr, TASK_SIZE, nil)
+  put_task(w, stop_hdr, TASK_SIZE, nil, 0)
   w.stopped = true
 end
 
--- Hands `task` to worker `w`, with its function if `w` has not had it.
-function Pool:_send(w, task)
-  thdr.job, thdr.index, thdr.fid, thdr.kind = task.job._id, task.index, task.fid, task.kind
-  thdr.flags, thdr.count = task.flags, task.count
-  local def = not w.fids[task.fid] and self._fdefs[task.fid]
+-- Hands chunk `index` of `job` to worker `w`, with the job's function if
+-- `w` has not had it.
+function Pool:_send(w, job, index)
+  local flags, count, data, nbytes = job:_body(index)
+  local fid = job._fid
+  thdr.job, thdr.index, thdr.fid, thdr.kind = job._id, index, fid, job._task_kind
+  thdr.flags, thdr.count = flags, count
+  local def = not w.fids[fid] and self._fdefs[fid]
   if def then
     thdr.def_len = #def
     local head = ffi.string(thdr, TASK_SIZE) .. def
-    put_task(w, head, #head, task.data)
+    put_task(w, head, #head, data, nbytes)
   else
     thdr.def_len = 0
-    put_task(w, thdr, TASK_SIZE, task.data)
+    put_task(w, thdr, TASK_SIZE, data, nbytes)
   end
-  w.fids[task.fid] = true
-  w.last = w.last + 1
-  w[w.last] = task
+  w.fids[fid] = true
+  local last = w.last + 1
+  w.last, w.jobs[last], w.indexes[last] = last, job, index
   w.given = w.given + 1
+end
+
+-- Forgets w's oldest task; returns its job and chunk index.
+local function pop_oldest(w)
+  local first = w.first
+  local job, index = w.jobs[first], w.indexes[first]
+  w.jobs[first], w.indexes[first], w.first = nil, nil, first + 1
+  return job, index
 end
 
 -- The worker that should take the next task (nil if none can: every one
@@ -499,37 +552,36 @@ function Pool:_choose(cap)
   return best
 end
 
-function Pool:_dispatch(task, eager)
+-- Sends chunk `index` of `job` now, or queues it until a worker has room
+-- (eager: any worker, however many tasks it holds).
+function Pool:_dispatch(job, index, eager)
   local w = self:_choose(not eager and IN_FLIGHT or nil)
-  if w then
-    self:_send(w, task)
-  else
-    local pending = self._pending
-    pending.last = pending.last + 1
-    pending[pending.last] = task
-  end
+  if w then return self:_send(w, job, index) end
+  local pending = self._pending
+  local last = pending.last + 1
+  pending.last, pending.jobs[last], pending.indexes[last] = last, job, index
 end
 
 -- Moves pending tasks (and chunks of lazy jobs) to workers with room.
 function Pool:_feed()
   local pending = self._pending
   while pending.first <= pending.last do
-    local task = pending[pending.first]
-    if not task.job._ready then
-      local w = self:_choose(task.eager and nil or IN_FLIGHT)
+    local first = pending.first
+    local job, index = pending.jobs[first], pending.indexes[first]
+    if not job._ready then
+      local w = self:_choose(not job._eager and IN_FLIGHT or nil)
       if not w then break end
-      self:_send(w, task)
+      self:_send(w, job, index)
     end
-    pending[pending.first] = nil
-    pending.first = pending.first + 1
+    pending.jobs[first], pending.indexes[first], pending.first = nil, nil, first + 1
   end
   for job in pairs(self._sources) do
     while not job._exhausted and (job._chunks - job._done_chunks) < IN_FLIGHT * self._processes do
       local w = self:_choose(IN_FLIGHT)
       if not w then break end
-      local task = job._next_task()
-      if not task then break end
-      self:_send(w, task)
+      local index = job._next_chunk()
+      if not index then break end
+      self:_send(w, job, index)
     end
     if job._exhausted then self._sources[job] = nil end
   end
@@ -561,8 +613,7 @@ function Pool:_on_reply(wid, jid, index, ok, value, position)
   if jid == STOP then return self:_broken_by(to_error(value.info), "the pool's initializer failed") end
   local w = self._by_wid[wid]
   if w and outstanding(w) > 0 then
-    w[w.first] = nil
-    w.first = w.first + 1
+    pop_oldest(w)
     w.done = w.done + 1
     self._start_failures = 0
   end
@@ -595,7 +646,8 @@ function Pool:_take_reply(timeout)
   local wid, jid, index, ok, position = r.wid, r.job, r.index, r.ok == 1, r.position
   local value
   if r.flags == NUMBERS then
-    value = unpack_numbers(ritem.data + REPLY_SIZE, r.count)
+    local job = self._jobs[jid]
+    if job and ok then job:_store_numbers(index, ritem.data + REPLY_SIZE, r.count) end
     C.luamp_queue_release()
   else
     value = core.queue_decode_held(REPLY_SIZE)
@@ -625,11 +677,10 @@ function Pool:_worker_ended(w)
   local left = math.max(0, w.tasks:_qsize() - (w.stopped and 1 or 0))
   local held = outstanding(w) - left
   if held > 0 then
-    local task = w[w.first]
-    w[w.first], w.first = nil, w.first + 1
+    local job, index = pop_oldest(w)
     local err = core.new_error("WorkerLostError", ("worker %s (pid %s) %s while running a task")
       :format(w.proc.name, tostring(w.proc.pid), describe_exit(code)))
-    task.job:_chunk_done(task.index, false, err, nil, 1)
+    job:_chunk_done(index, false, err, nil, 1)
   end
   if w.done == 0 and held <= 0 and code ~= 0 then
     self._start_failures = self._start_failures + 1
@@ -640,17 +691,17 @@ function Pool:_worker_ended(w)
     return self:_broken_by(core.new_error("ProcessError",
       ("pool workers keep dying before they run anything (last one %s)"):format(describe_exit(code))))
   end
-  local rest = {}
+  local jobs, indexes = {}, {}
   for i = w.first, w.last do
-    if not w[i].job._ready then rest[#rest + 1] = w[i] end
+    if not w.jobs[i]._ready then jobs[#jobs + 1], indexes[#jobs + 1] = w.jobs[i], w.indexes[i] end
   end
   if self._state == RUN then
     self:_start_worker()
-    for _, task in ipairs(rest) do self:_dispatch(task, true) end
-  elseif #rest > 0 then
+    for i = 1, #jobs do self:_dispatch(jobs[i], indexes[i], true) end
+  elseif #jobs > 0 then
     -- Closed: the other workers have their stop message already.
     local new = self:_start_worker()
-    for _, task in ipairs(rest) do self:_send(new, task) end
+    for i = 1, #jobs do self:_send(new, jobs[i], indexes[i]) end
     self:_stop(new)
   end
 end
@@ -662,7 +713,7 @@ function Pool:_broken_by(err, why)
   self._broken = err
   local workers = self._workers
   self._workers, self._by_wid, self._sources = {}, {}, {}
-  self._pending = { first = 1, last = 0 }
+  self._pending = no_pending()
   terminate_workers(workers)
   for _, job in pairs(self._jobs) do
     job:_fail(err)
@@ -719,11 +770,22 @@ function Pool:_map_job(kind, fname, func, seq, chunksize, opts)
   job._results.n = total or 0
   job._total = total
   if self._broken then return self:_submit_failed_at_once(job) end
-  local fid = self:_fid(func)
+  job._fid, job._task_kind, job._eager = self:_fid(func), kind == "starmap" and STARMAP or MAP, opts.eager
+  job._chunksize, job._bodies = chunksize, {}
+  if total and kind == "map" and all_numbers(seq, total) then
+    -- Numbers only: chunks are packed from `seq` as they are sent.
+    job._numbers = seq
+    job._chunks, job._exhausted = math.ceil(total / chunksize), true
+    for i = 1, job._chunks do
+      job._starts[i] = (i - 1) * chunksize + 1
+      self:_dispatch(job, i, opts.eager)
+    end
+    if total == 0 then job:_finish() end
+    self:_feed()
+    return job
+  end
   local position = 0
-  local role = "iterable"
-  kind = kind == "starmap" and STARMAP or MAP
-  local function next_task()
+  local function next_chunk()
     local chunk, n = {}, 0
     while n < chunksize do
       local more, v = next_item()
@@ -737,24 +799,23 @@ function Pool:_map_job(kind, fname, func, seq, chunksize, opts)
       return nil
     end
     chunk.n = n
-    job._chunks = job._chunks + 1
-    job._starts[job._chunks] = position + 1
+    local index = job._chunks + 1
+    local flags, count, data = body_of(chunk, n, "iterable")
+    job._chunks, job._starts[index] = index, position + 1
+    job._bodies[index] = { flags = flags, count = count, data = data }
     position = position + n
     if total == nil then job._results.n = position end
-    local flags, count, data = body_of(chunk, n, role)
-    return { job = job, index = job._chunks, kind = kind, fid = fid, flags = flags, count = count,
-             data = data, eager = opts.eager }
+    return index
   end
-  job._next_task = next_task
+  job._next_chunk = next_chunk
   if total ~= nil then
     -- A table: encode every chunk first, so nothing is sent if one fails.
-    local tasks = {}
-    while true do
-      local t = next_task()
-      if not t then break end
-      tasks[#tasks + 1] = t
+    local ok, err = pcall(function() while next_chunk() do end end)
+    if not ok then
+      self._jobs[job._id] = nil
+      error(err, 0)
     end
-    for _, t in ipairs(tasks) do self:_dispatch(t, opts.eager) end
+    for i = 1, job._chunks do self:_dispatch(job, i, opts.eager) end
   else
     self._sources[job] = true
   end
@@ -774,10 +835,10 @@ function Pool:apply_async(func, args, callback, error_callback)
   if self._broken then return self:_submit_failed_at_once(job) end
   args = args or {}
   local flags, count, data = body_of(args, args.n or #args, "args")
-  local task = { job = job, index = 1, kind = CALL, fid = self:_fid(func), flags = flags, count = count,
-                 data = data, eager = true }
-  job._chunks, job._exhausted = 1, true
-  self:_dispatch(task, true)
+  job._fid, job._task_kind, job._eager = self:_fid(func), CALL, true
+  job._bodies = { { flags = flags, count = count, data = data } }
+  job._chunks, job._exhausted, job._starts[1] = 1, true, 1
+  self:_dispatch(job, 1, true)
   self:_drain_replies()
   return job
 end
@@ -929,13 +990,14 @@ function Pool:close()
   self._state = CLOSE
   -- Whatever is still to be sent goes now, before the stop messages.
   for job in pairs(self._sources) do
-    for task in job._next_task do self:_dispatch(task, true) end
+    for index in job._next_chunk do self:_dispatch(job, index, true) end
   end
   self._sources = {}
   local pending = self._pending
-  self._pending = { first = 1, last = 0 }
+  self._pending = no_pending()
   for i = pending.first, pending.last do
-    if not pending[i].job._ready then self:_dispatch(pending[i], true) end
+    local job = pending.jobs[i]
+    if not job._ready then self:_dispatch(job, pending.indexes[i], true) end
   end
   for _, w in ipairs(self._workers) do self:_stop(w) end
 end
@@ -946,7 +1008,7 @@ function Pool:terminate()
   self._state = TERMINATE
   terminate_workers(self._workers)
   self._workers, self._by_wid, self._sources = {}, {}, {}
-  self._pending = { first = 1, last = 0 }
+  self._pending = no_pending()
   local err = core.new_error("ProcessError", "the pool was terminated before the task finished")
   for _, job in pairs(self._jobs) do
     job:_fail(err)
