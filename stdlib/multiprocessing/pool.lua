@@ -29,7 +29,12 @@ local M = {}
 
 local RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 local CHECK_EVERY = 0.1   -- seconds between looks at the workers' health
-local IN_FLIGHT = 2       -- chunks a worker holds at once for a blocking map
+-- A blocking map hands each worker only as many chunks as it can do in
+-- about QUEUED_WORK seconds (from the pool's recent task times, 2 to
+-- MAX_HELD chunks): enough that tiny tasks never wait for the parent, few
+-- enough that long ones still spread evenly over the workers.
+local QUEUED_WORK = 0.002
+local MIN_HELD, MAX_HELD = 2, 64
 local START_FAILURES = 3  -- workers dying before any task: the pool gives up
 
 -- -- Arguments ---------------------------------------------------------------------------
@@ -243,6 +248,57 @@ local function reply(results, job, index, ok, value, partial, position)
   put_reply(results, failure)
 end
 
+-- A map over a body of numbers runs straight from a copy of the doubles,
+-- its results going into another array while they are numbers: no table
+-- per task. `cursor` is the position being run (for an error's report),
+-- `spilled` the results as a table once one was not a number.
+local src, out, room = nil, nil, 0
+local cursor, spilled = 0, nil
+
+local function map_numbers(f, n)
+  spilled = nil
+  for i = 0, n - 1 do
+    cursor = i + 1
+    local v = f(src[i])
+    if type(v) ~= "number" then
+      spilled = { n = n }
+      for j = 0, i - 1 do spilled[j + 1] = out[j] end
+      spilled[i + 1] = v
+      for j = i + 1, n - 1 do
+        cursor = j + 1
+        spilled[j + 1] = f(src[j])
+      end
+      return
+    end
+    out[i] = v
+  end
+end
+
+-- Runs a MAP task whose body is `count` doubles at `p` (the queue's held
+-- message, released here before any user code runs) and replies.
+local function run_numbers(results, job, index, f, p, count)
+  if count > room then
+    room = math.max(count, 64, 2 * room)
+    src, out = ffi.new("double[?]", room), ffi.new("double[?]", room)
+  end
+  ffi.copy(src, p, 8 * count)
+  C.luamp_queue_release()
+  local ok, info = xpcall(map_numbers, error_info, f, count)
+  if ok and not spilled then
+    rhdr.job, rhdr.index, rhdr.ok, rhdr.position = job, index, 1, 0
+    rhdr.flags, rhdr.count = NUMBERS, count
+    if C.luamp_queue_put_raw(results, rhdr, REPLY_SIZE, out, 8 * count, 1, -1) ~= 1 then queue_failed() end
+  elseif ok then
+    reply(results, job, index, true, spilled)
+  else
+    local partial = spilled or { n = cursor - 1 }
+    if not spilled then
+      for j = 1, cursor - 1 do partial[j] = out[j - 1] end
+    end
+    reply(results, job, index, false, info, partial, cursor)
+  end
+end
+
 -- The body of every worker process.
 function M._worker(tasks, results, wid, initializer, initargs, maxtasks)
   rhdr.wid = wid
@@ -263,6 +319,11 @@ function M._worker(tasks, results, wid, initializer, initargs, maxtasks)
       if ok then funcs[fid] = err end
     end
     local data
+    if ok and kind == MAP and t.flags == NUMBERS then
+      run_numbers(results, job, index, funcs[fid], item.data + TASK_SIZE + def_len, t.count)
+      done = done + 1
+      goto continue
+    end
     if ok then ok, data = pcall(task_body, t, item.data + TASK_SIZE + def_len, TASK_SIZE + def_len) end
     C.luamp_queue_release()
     if ok then
@@ -271,6 +332,7 @@ function M._worker(tasks, results, wid, initializer, initargs, maxtasks)
       reply(results, job, index, false, { value = data or err, traceback = "" }, nil, 1)
     end
     done = done + 1
+    ::continue::
   end
 end
 
@@ -464,6 +526,7 @@ local function init(self, ctx, processes, initializer, initargs, maxtasks)
   self._sources = {}        -- lazy jobs (imap over an iterator) that make more chunks
   self._checked = clock()
   self._start_failures = 0
+  self._task_time, self._held = QUEUED_WORK / MIN_HELD, MIN_HELD
   for _ = 1, processes do self:_start_worker() end
   -- Terminated when garbage-collected or left open at exit: no orphans.
   local workers, owner = self._workers, core.getpid()
@@ -555,7 +618,7 @@ end
 -- Sends chunk `index` of `job` now, or queues it until a worker has room
 -- (eager: any worker, however many tasks it holds).
 function Pool:_dispatch(job, index, eager)
-  local w = self:_choose(not eager and IN_FLIGHT or nil)
+  local w = self:_choose(not eager and self._held or nil)
   if w then return self:_send(w, job, index) end
   local pending = self._pending
   local last = pending.last + 1
@@ -569,15 +632,15 @@ function Pool:_feed()
     local first = pending.first
     local job, index = pending.jobs[first], pending.indexes[first]
     if not job._ready then
-      local w = self:_choose(not job._eager and IN_FLIGHT or nil)
+      local w = self:_choose(not job._eager and self._held or nil)
       if not w then break end
       self:_send(w, job, index)
     end
     pending.jobs[first], pending.indexes[first], pending.first = nil, nil, first + 1
   end
   for job in pairs(self._sources) do
-    while not job._exhausted and (job._chunks - job._done_chunks) < IN_FLIGHT * self._processes do
-      local w = self:_choose(IN_FLIGHT)
+    while not job._exhausted and (job._chunks - job._done_chunks) < self._held * self._processes do
+      local w = self:_choose(self._held)
       if not w then break end
       local index = job._next_chunk()
       if not index then break end
@@ -613,6 +676,7 @@ function Pool:_on_reply(wid, jid, index, ok, value, position)
   if jid == STOP then return self:_broken_by(to_error(value.info), "the pool's initializer failed") end
   local w = self._by_wid[wid]
   if w and outstanding(w) > 0 then
+    self:_learn_task_time(w)
     pop_oldest(w)
     w.done = w.done + 1
     self._start_failures = 0
@@ -630,6 +694,17 @@ function Pool:_on_reply(wid, jid, index, ok, value, position)
     w.proc:join(5)
     self:_worker_ended(w)
   end
+end
+
+-- A worker that held more than this reply's task has been busy since its
+-- previous reply: the time between the two is one task's.
+function Pool:_learn_task_time(w)
+  local now = clock()
+  if outstanding(w) > 1 and w.last_reply then
+    self._task_time = 0.8 * self._task_time + 0.2 * (now - w.last_reply)
+    self._held = math.max(MIN_HELD, math.min(MAX_HELD, math.floor(QUEUED_WORK / self._task_time)))
+  end
+  w.last_reply = now
 end
 
 local ritem = ffi.new("luamp_item")
