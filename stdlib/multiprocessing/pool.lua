@@ -23,6 +23,7 @@ local util = require("multiprocessing.util")
 
 local clock, dumps, loads = core.monotonic, core.dumps, core.loads
 local unpack = table.unpack or unpack
+local new_table = require("table.new")
 local pack = table.pack
 
 local M = {}
@@ -842,6 +843,7 @@ function Pool:_map_job(kind, fname, func, seq, chunksize, opts)
   local next_item, total = items_of(seq, fname)
   chunksize = chunksize or (opts.imap and 1 or default_chunksize(total, self._processes))
   local job = new_job(self, opts.imap and "imap" or "map", opts.callback, opts.error_callback)
+  if total and total > 0 then job._results = new_table(total, 1) end  -- no regrowth while filling
   job._results.n = total or 0
   job._total = total
   if self._broken then return self:_submit_failed_at_once(job) end
