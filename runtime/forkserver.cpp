@@ -348,6 +348,9 @@ void ensure_started(std::string_view config) {
 pid_t dispatch(std::string_view payload, const std::vector<int>& fds) {
   proc::check_passed_fds(fds);
   if (!running()) fail(ErrType::ProcessError, "the forkserver is not running");
+  // As fork and spawn do: what the parent printed before start() comes out
+  // before anything the child prints.
+  fflush(nullptr);
   for (;;) {
     client_drain();
     while (g_client->idle.empty()) {

@@ -24,10 +24,6 @@ end
 pool:close()  -- 关闭进程池，关闭后不再接受新的请求
 pool:join()   -- 等待进程池所有进程都执行完毕后，开始执行下面语句
 print(('-'):rep(15))
--- Python's Process.start() flushes the parent's stdout; luamp's does too
--- under fork and spawn, but not yet when a running forkserver starts the
--- process, so flush here to keep this line before the next pool's output.
-io.stdout:flush()
 
 pool = mp.Pool(5)
 for _ = 0, 6 do  -- 阻塞运行

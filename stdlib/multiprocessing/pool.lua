@@ -87,10 +87,12 @@ end
 
 -- Map options: map(func, seq, chunksize) or map(func, seq, {chunksize =, progress =})
 local function map_options(opt, fname)
+  local progress = os.getenv("LUAMP_PROGRESS") == "1"
   if type(opt) == "table" then
-    return check_chunksize(opt.chunksize, fname), opt.progress and true or false
+    if opt.progress ~= nil then progress = opt.progress and true or false end
+    return check_chunksize(opt.chunksize, fname), progress
   end
-  return check_chunksize(opt, fname), os.getenv("LUAMP_PROGRESS") == "1"
+  return check_chunksize(opt, fname), progress
 end
 
 -- -- Errors from workers -------------------------------------------------------------
@@ -129,7 +131,7 @@ end
 -- serializer at all; any other body is one serialized value.
 local ffi = require("ffi")
 ffi.cdef[[
-typedef struct { int32_t job, index, fid, kind, flags, def_len, count; } luamp_pool_task;
+typedef struct { int32_t job, index, fid, kind, flags, def_len, count, drop; } luamp_pool_task;
 typedef struct { int32_t wid, job, index, ok, flags, position, count; } luamp_pool_reply;
 ]]
 local C = ffi.C
@@ -137,6 +139,9 @@ local TASK_SIZE, REPLY_SIZE = ffi.sizeof("luamp_pool_task"), ffi.sizeof("luamp_p
 local CALL, MAP, STARMAP = 1, 2, 3
 local NUMBERS = 1  -- flags: the body is `count` doubles
 local STOP = 0     -- a task header with job 0: the worker ends
+-- Functions a worker keeps at once; the parent tells it (`drop`) which one
+-- to forget when it sends one more, oldest first.
+local WORKER_FUNCS = 64
 
 local function queue_failed()
   core.error(ffi.string(C.luamp_queue_error_type()), ffi.string(C.luamp_queue_error_message()))
@@ -314,8 +319,9 @@ function M._worker(tasks, results, wid, initializer, initargs, maxtasks)
     local t = ffi.cast("const luamp_pool_task*", item.data)
     local job, index, kind, fid, def_len = t.job, t.index, t.kind, t.fid, t.def_len
     if job == STOP then break end
+    if t.drop ~= 0 then funcs[t.drop] = nil end
     local ok, err = true, nil
-    if def_len > 0 then
+    if def_len > 0 and funcs[fid] == nil then
       ok, err = pcall(loads, ffi.string(item.data + TASK_SIZE, def_len))
       if ok then funcs[fid] = err end
     end
@@ -364,7 +370,9 @@ local function new_job(pool, kind, callback, error_callback)
   return job
 end
 
+-- Looks for replies that have come in (without waiting) first.
 function AsyncResult:ready()
+  if not self._ready then self._pool:_pump(clock()) end
   return self._ready
 end
 
@@ -379,6 +387,7 @@ function AsyncResult:wait(timeout)
     core.error("ValueError", "wait: timeout must be a non-negative number or nil")
   end
   local deadline = timeout and clock() + timeout
+  if not self._ready then self._pool:_pump(deadline) end
   while not self._ready do
     if deadline and clock() >= deadline then break end
     self._pool:_pump(deadline)
@@ -400,6 +409,7 @@ end
 function AsyncResult:_finish()
   if self._ready then return end
   self._ready = true
+  if self._bar then self._bar.finish() end
   self._pool._jobs[self._id] = nil
   if self._error then
     run_callback(self._error_callback, self._error)
@@ -461,7 +471,10 @@ function AsyncResult:_chunk_done(index, ok, value, partial, position)
     if ok and value == nil then items = { n = 0 } end
     for i = 1, (ok and items.n or (position or 1) - 1) do results[start + i - 1] = items[i] end
     if not ok then self:_fail(value, start + (position or 1) - 1) end
-    if self._on_chunk then self._on_chunk(index, ok) end
+    if self._on_chunk then
+      local len = (self._starts[index + 1] or (results.n + 1)) - start
+      self._on_chunk(index, ok, ok and len or (position or 1) - 1)
+    end
   end
   self._done_chunks = self._done_chunks + 1
   -- A map fails as a whole at its first error (as Python's does); imap
@@ -522,7 +535,8 @@ local function init(self, ctx, processes, initializer, initargs, maxtasks)
   self._results = queues.SimpleQueue()
   self._workers, self._by_wid, self._next_wid = {}, {}, 0
   self._jobs, self._next_job = {}, 0
-  self._fids, self._fdefs, self._next_fid = setmetatable({}, { __mode = "k" }), {}, 0
+  -- function -> {fid, encoding}, for as long as the function lives
+  self._funcs, self._next_fid = setmetatable({}, { __mode = "k" }), 0
   self._pending = no_pending()  -- tasks of blocking calls, sent as workers free up
   self._sources = {}        -- lazy jobs (imap over an iterator) that make more chunks
   self._checked = clock()
@@ -550,13 +564,15 @@ function Pool:_start_worker()
   proc:start()
   -- Its tasks not yet answered, oldest first: jobs[i] and their chunk indexes[i].
   local w = { wid = wid, proc = proc, tasks = tasks, first = 1, last = 0, jobs = {}, indexes = {},
-              fids = {}, given = 0, done = 0 }
+              fids = {}, fid_order = { first = 1, last = 0 }, given = 0, done = 0 }
   self._workers[#self._workers + 1] = w
   self._by_wid[wid] = w
   return w
 end
 
 local function outstanding(w) return w.last - w.first + 1 end
+
+local SENT, HAS = 1, 2  -- a worker's knowledge of a function (Pool:_send)
 
 local thdr = ffi.new("luamp_pool_task")
 
@@ -578,9 +594,22 @@ function Pool:_send(w, job, index)
   local flags, count, data, nbytes = job:_body(index)
   local fid = job._fid
   thdr.job, thdr.index, thdr.fid, thdr.kind = job._id, index, fid, job._task_kind
-  thdr.flags, thdr.count = flags, count
-  local def = not w.fids[fid] and self._fdefs[fid]
-  if def then
+  thdr.flags, thdr.count, thdr.drop = flags, count, 0
+  -- The function goes with every task until a reply shows that the worker
+  -- has it: a task taken back from a worker's queue (Pool:_steal) may be
+  -- the one that carried it first.
+  local state = w.fids[fid]
+  if state ~= HAS then
+    if state == nil then
+      local order = w.fid_order
+      if order.last - order.first + 1 >= WORKER_FUNCS then
+        thdr.drop = order[order.first]
+        w.fids[thdr.drop], order[order.first], order.first = nil, nil, order.first + 1
+      end
+      order.last = order.last + 1
+      order[order.last], w.fids[fid] = fid, SENT
+    end
+    local def = job._def
     thdr.def_len = #def
     local head = ffi.string(thdr, TASK_SIZE) .. def
     put_task(w, head, #head, data, nbytes)
@@ -588,7 +617,6 @@ function Pool:_send(w, job, index)
     thdr.def_len = 0
     put_task(w, thdr, TASK_SIZE, data, nbytes)
   end
-  w.fids[fid] = true
   local last = w.last + 1
   w.last, w.jobs[last], w.indexes[last] = last, job, index
   w.given = w.given + 1
@@ -651,16 +679,16 @@ function Pool:_feed()
   end
 end
 
--- The function's id in this pool, encoding it the first time (so an
--- unsendable function raises before anything is sent).
-function Pool:_fid(func)
-  local fid = self._fids[func]
-  if fid then return fid end
-  local bytes = dumps(func, "func")
-  self._next_fid = self._next_fid + 1
-  fid = self._next_fid
-  self._fids[func], self._fdefs[fid] = fid, bytes
-  return fid
+-- Gives `job` its function's id in this pool and encoding, encoding it the
+-- first time (so an unsendable function raises before anything is sent).
+function Pool:_set_func(job, func)
+  local known = self._funcs[func]
+  if not known then
+    self._next_fid = self._next_fid + 1
+    known = { self._next_fid, dumps(func, "func") }
+    self._funcs[func] = known
+  end
+  job._fid, job._def = known[1], known[2]
 end
 
 function Pool:_check_running(fname)
@@ -678,7 +706,8 @@ function Pool:_on_reply(wid, jid, index, ok, value, position)
   local w = self._by_wid[wid]
   if w and outstanding(w) > 0 then
     self:_learn_task_time(w)
-    pop_oldest(w)
+    local done_job = pop_oldest(w)
+    if w.fids[done_job._fid] then w.fids[done_job._fid] = HAS end
     w.done = w.done + 1
     self._start_failures = 0
   end
@@ -767,17 +796,25 @@ function Pool:_worker_ended(w)
     return self:_broken_by(core.new_error("ProcessError",
       ("pool workers keep dying before they run anything (last one %s)"):format(describe_exit(code))))
   end
-  local jobs, indexes = {}, {}
-  for i = w.first, w.last do
-    if not w.jobs[i]._ready then jobs[#jobs + 1], indexes[#jobs + 1] = w.jobs[i], w.indexes[i] end
+  local jobs, indexes, n = {}, {}, 0
+  local function keep(job, index)
+    if not job._ready then n, jobs[n + 1], indexes[n + 1] = n + 1, job, index end
   end
+  for i = w.first, w.last do keep(w.jobs[i], w.indexes[i]) end
   if self._state == RUN then
     self:_start_worker()
-    for i = 1, #jobs do self:_dispatch(jobs[i], indexes[i], true) end
-  elseif #jobs > 0 then
-    -- Closed: the other workers have their stop message already.
+    for i = 1, n do self:_dispatch(jobs[i], indexes[i], true) end
+    return
+  end
+  -- Closed: the other workers have their stop message already, so what
+  -- this one left, and what waits for a worker under maxtasksperchild,
+  -- goes to a new one.
+  local pending = self._pending
+  for i = pending.first, pending.last do keep(pending.jobs[i], pending.indexes[i]) end
+  self._pending = no_pending()
+  if n > 0 then
     local new = self:_start_worker()
-    for i = 1, #jobs do self:_send(new, jobs[i], indexes[i]) end
+    for i = 1, n do self:_send(new, jobs[i], indexes[i]) end
     self:_stop(new)
   end
 end
@@ -819,6 +856,105 @@ function Pool:_pump(deadline)
   if got then self:_drain_replies() end
   if not got or clock() - self._checked >= CHECK_EVERY then self:_check_workers() end
   self:_feed()
+  self:_balance()
+end
+
+-- Takes the next task that `from` has not started out of its queue (the
+-- queue has many consumers: whoever gets it first has it) and gives it to
+-- `to`.
+function Pool:_steal(from, to)
+  local rc = C.luamp_queue_get_raw(from.tasks, 0, 0, ritem)
+  if rc ~= 1 then
+    if rc < 0 then queue_failed() end
+    return
+  end
+  local t = ffi.cast("const luamp_pool_task*", ritem.data)
+  local jid, index = t.job, t.index
+  C.luamp_queue_release()
+  if jid == STOP then return self:_stop(from) end  -- it took its last task meanwhile
+  for i = from.first, from.last do
+    local job = from.jobs[i]
+    if job._id == jid and from.indexes[i] == index then
+      for j = i, from.last - 1 do from.jobs[j], from.indexes[j] = from.jobs[j + 1], from.indexes[j + 1] end
+      from.jobs[from.last], from.indexes[from.last], from.last = nil, nil, from.last - 1
+      from.given = from.given - 1
+      if not job._ready then self:_send(to, job, index) end
+      return
+    end
+  end
+end
+
+-- A worker with nothing to do takes over a task queued behind a busy one
+-- (tasks are given to workers when submitted, and one may take long).
+function Pool:_balance()
+  for _, idle in ipairs(self._workers) do
+    if outstanding(idle) == 0 and not idle.stopped and (self._maxtasks == nil or idle.given < self._maxtasks) then
+      local busiest, most = nil, 1
+      for _, w in ipairs(self._workers) do
+        if outstanding(w) > most then busiest, most = w, outstanding(w) end
+      end
+      if not busiest then return end
+      self:_steal(busiest, idle)
+    end
+  end
+end
+
+-- -- Progress --------------------------------------------------------------------------
+
+local current_bar  -- the bar on the terminal now; a new one ends it
+
+-- A bar on stderr (nil when stderr is not a terminal, or nothing to count):
+-- bar.add(n) counts n more items, bar.finish() draws the last frame and a
+-- newline; after that the bar is inert.
+local function progress_bar(total)
+  if total == 0 or not core.isatty(2) then return nil end
+  if current_bar then current_bar.finish() end
+  local t0, shown, done, ended = clock(), -1, 0, false
+  local bar = {}
+  local function draw(final)
+    local now = clock()
+    if not final and now - shown < 0.1 then return end
+    shown = now
+    local rate = done / math.max(now - t0, 1e-9)
+    local line
+    if total then
+      local width = 30
+      local filled = math.floor(width * done / total)
+      local eta = rate > 0 and (total - done) / rate or 0
+      line = ("\r[%s%s] %d/%d %.1f/s ETA %ds"):format(("#"):rep(filled), ("."):rep(width - filled),
+        done, total, rate, math.floor(eta + 0.5))
+    else
+      line = ("\r%d done %.1f/s"):format(done, rate)
+    end
+    -- "\27[K" clears what a longer previous frame left on the line.
+    io.stderr:write(line, "\27[K", final and "\n" or "")
+    io.stderr:flush()
+  end
+  function bar.add(n)
+    if ended then return end
+    done = done + n
+    draw(false)
+  end
+  function bar.finish()
+    if ended then return end
+    ended = true
+    draw(true)
+    if current_bar == bar then current_bar = nil end
+  end
+  current_bar = bar
+  draw(false)
+  return bar
+end
+
+local function end_bar()
+  if current_bar then current_bar.finish() end
+end
+
+-- Counts items as their chunks come back, for the progress bar.
+local function watch(job, bar)
+  if not bar then return end
+  job._bar = bar
+  job._on_chunk = function(_, _, delivered) bar.add(delivered) end
 end
 
 -- -- Submitting --------------------------------------------------------------------
@@ -846,8 +982,11 @@ function Pool:_map_job(kind, fname, func, seq, chunksize, opts)
   if total and total > 0 then job._results = new_table(total, 1) end  -- no regrowth while filling
   job._results.n = total or 0
   job._total = total
+  -- Before anything is sent: replies may be collected before this returns.
+  if opts.setup then opts.setup(job) end
   if self._broken then return self:_submit_failed_at_once(job) end
-  job._fid, job._task_kind, job._eager = self:_fid(func), kind == "starmap" and STARMAP or MAP, opts.eager
+  self:_set_func(job, func)
+  job._task_kind, job._eager = kind == "starmap" and STARMAP or MAP, opts.eager
   job._chunksize, job._bodies = chunksize, {}
   if total and kind == "map" and all_numbers(seq, total) then
     -- Numbers only: chunks are packed from `seq` as they are sent.
@@ -897,22 +1036,24 @@ function Pool:_map_job(kind, fname, func, seq, chunksize, opts)
     self._sources[job] = true
   end
   self:_feed()
+  self:_drain_replies()
   return job
 end
 
-function Pool:apply_async(func, args, callback, error_callback)
-  self:_check_running("apply_async")
-  check_func(func, "apply_async")
-  if args ~= nil and type(args) ~= "table" then type_error("apply_async", 2, "args", "a table", args) end
-  if callback ~= nil and not callable(callback) then type_error("apply_async", 3, "callback", "a function", callback) end
+local function submit_call(self, fname, func, args, callback, error_callback)
+  self:_check_running(fname)
+  check_func(func, fname)
+  if args ~= nil and type(args) ~= "table" then type_error(fname, 2, "args", "a table", args) end
+  if callback ~= nil and not callable(callback) then type_error(fname, 3, "callback", "a function", callback) end
   if error_callback ~= nil and not callable(error_callback) then
-    type_error("apply_async", 4, "error_callback", "a function", error_callback)
+    type_error(fname, 4, "error_callback", "a function", error_callback)
   end
   local job = new_job(self, "apply", callback, error_callback)
   if self._broken then return self:_submit_failed_at_once(job) end
   args = args or {}
   local flags, count, data = body_of(args, args.n or #args, "args")
-  job._fid, job._task_kind, job._eager = self:_fid(func), CALL, true
+  self:_set_func(job, func)
+  job._task_kind, job._eager = CALL, true
   job._bodies = { { flags = flags, count = count, data = data } }
   job._chunks, job._exhausted, job._starts[1] = 1, true, 1
   self:_dispatch(job, 1, true)
@@ -920,8 +1061,12 @@ function Pool:apply_async(func, args, callback, error_callback)
   return job
 end
 
+function Pool:apply_async(func, args, callback, error_callback)
+  return submit_call(self, "apply_async", func, args, callback, error_callback)
+end
+
 function Pool:apply(func, args)
-  return self:apply_async(func, args):get()
+  return submit_call(self, "apply", func, args):get()
 end
 
 local function async_opts(chunksize, callback, error_callback, fname)
@@ -933,62 +1078,29 @@ local function async_opts(chunksize, callback, error_callback, fname)
   return cs, { eager = true, callback = callback, error_callback = error_callback, progress = progress }
 end
 
+local function async_map(self, kind, fname, func, seq, chunksize, callback, error_callback)
+  local cs, opts = async_opts(chunksize, callback, error_callback, fname)
+  -- The bar moves whenever the parent collects results (get, wait, ...).
+  if opts.progress then opts.setup = function(job) watch(job, progress_bar(job._total)) end end
+  return self:_map_job(kind, fname, func, seq, cs, opts)
+end
+
 function Pool:map_async(func, seq, chunksize, callback, error_callback)
-  local cs, opts = async_opts(chunksize, callback, error_callback, "map_async")
-  return self:_map_job("map", "map_async", func, seq, cs, opts)
+  return async_map(self, "map", "map_async", func, seq, chunksize, callback, error_callback)
 end
 
 function Pool:starmap_async(func, seq, chunksize, callback, error_callback)
-  local cs, opts = async_opts(chunksize, callback, error_callback, "starmap_async")
-  return self:_map_job("starmap", "starmap_async", func, seq, cs, opts)
-end
-
--- -- Progress --------------------------------------------------------------------------
-
-local function progress_bar(total)
-  if not core.isatty(2) then return nil end
-  local t0, shown, done = clock(), 0, 0
-  local function draw(final)
-    local now = clock()
-    if not final and now - shown < 0.1 then return end
-    shown = now
-    local rate = done / math.max(now - t0, 1e-9)
-    local line
-    if total and total > 0 then
-      local width = 30
-      local filled = math.floor(width * done / total)
-      local eta = rate > 0 and (total - done) / rate or 0
-      line = ("\r[%s%s] %d/%d %.1f/s ETA %ds"):format(("#"):rep(filled), ("."):rep(width - filled),
-        done, total, rate, math.floor(eta + 0.5))
-    else
-      line = ("\r%d done %.1f/s"):format(done, rate)
-    end
-    io.stderr:write(line, final and "\n" or "")
-    io.stderr:flush()
-  end
-  return {
-    add = function(n) done = done + n draw(false) end,
-    finish = function() draw(true) end,
-  }
-end
-
--- Counts items as their chunks come back, for the progress bar.
-local function watch(job, bar)
-  if not bar then return end
-  local starts = job._starts
-  job._on_chunk = function(index)
-    local next_start = starts[index + 1] or (job._results.n + 1)
-    bar.add(next_start - starts[index])
-  end
+  return async_map(self, "starmap", "starmap_async", func, seq, chunksize, callback, error_callback)
 end
 
 -- -- Blocking maps ------------------------------------------------------------------
 
 local function blocking_map(self, kind, fname, func, seq, chunksize)
   local cs, progress = map_options(chunksize, fname)
-  local job = self:_map_job(kind, fname, func, seq, cs, {})
-  local bar = progress and progress_bar(job._total)
-  watch(job, bar)
+  local bar
+  local job = self:_map_job(kind, fname, func, seq, cs, {
+    setup = progress and function(j) bar = progress_bar(j._total) watch(j, bar) end,
+  })
   local ok, err = pcall(job.wait, job)
   if bar then bar.finish() end
   if not ok then error(err, 0) end
@@ -1010,27 +1122,34 @@ end
 -- imap / imap_unordered: `for i, v in pool:imap(f, seq) do`
 local function iterate(self, fname, func, seq, chunksize, unordered)
   local cs, progress = map_options(chunksize, fname)
-  local job = self:_map_job("map", fname, func, seq, cs, { imap = true })
-  local bar = progress and progress_bar(job._total)
-  local arrived, next_pos = {}, 1
-  local got = {}  -- positions whose results are in
-  job._on_chunk = function(index, ok)
-    local first = job._starts[index]
-    local last = (job._starts[index + 1] or (job._results.n + 1)) - 1
-    if not ok and job._error_at then last = job._error_at - 1 end
-    for p = first, last do
-      got[p] = true
-      if unordered then arrived[#arrived + 1] = p end
+  local arrived = { first = 1, last = 0 }  -- unordered: positions in, not yet yielded
+  local got, next_pos = {}, 1              -- ordered: positions whose results are in
+  local bar
+  local function setup(job)
+    bar = progress and progress_bar(job._total)
+    job._bar = bar
+    job._on_chunk = function(index, _, delivered)
+      local first = job._starts[index]
+      for p = first, first + delivered - 1 do
+        if unordered then
+          arrived.last = arrived.last + 1
+          arrived[arrived.last] = p
+        else
+          got[p] = true
+        end
+      end
+      if bar then bar.add(delivered) end
     end
-    if bar then bar.add(last - first + 1) end
   end
+  local job = self:_map_job("map", fname, func, seq, cs, { imap = true, setup = setup })
   local failed = false
   return function()
     while true do
-      if unordered then
-        local p = table.remove(arrived, 1)
-        if p then return p, job._results[p] end
-      elseif got[next_pos] then
+      if unordered and arrived.first <= arrived.last then
+        local p = arrived[arrived.first]
+        arrived[arrived.first], arrived.first = nil, arrived.first + 1
+        return p, job._results[p]
+      elseif not unordered and got[next_pos] then
         local p = next_pos
         next_pos = next_pos + 1
         got[p] = nil
@@ -1065,6 +1184,7 @@ end
 function Pool:close()
   if self._state ~= RUN then return end
   self._state = CLOSE
+  end_bar()
   -- Whatever is still to be sent goes now, before the stop messages.
   for job in pairs(self._sources) do
     for index in job._next_chunk do self:_dispatch(job, index, true) end
@@ -1083,6 +1203,7 @@ end
 function Pool:terminate()
   if self._state == TERMINATE then return end
   self._state = TERMINATE
+  end_bar()
   terminate_workers(self._workers)
   self._workers, self._by_wid, self._sources = {}, {}, {}
   self._pending = no_pending()
@@ -1119,7 +1240,7 @@ end
 -- with-statement equivalent: pool:with(function(pool) ... end) terminates
 -- the pool afterwards, as Python's `with Pool() as pool:` does.
 function Pool:with(fn, ...)
-  local r = pack(xpcall(fn, debug.traceback, self, ...))
+  local r = pack(pcall(fn, self, ...))
   self:terminate()
   if not r[1] then error(r[2], 0) end
   return unpack(r, 2, r.n)
