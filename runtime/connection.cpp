@@ -7,9 +7,8 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <openssl/crypto.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <nettle/hmac.h>
+#include <nettle/memops.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/random.h>
@@ -462,12 +461,12 @@ std::string random_bytes(size_t n) {
 }
 
 std::string hmac_sha256(std::string_view key, std::string_view msg) {
-  unsigned char out[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  if (!HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
-            reinterpret_cast<const unsigned char*>(msg.data()), msg.size(), out, &len))
-    fail(ErrType::AuthenticationError, "HMAC-SHA256 failed");
-  return std::string(reinterpret_cast<char*>(out), len);
+  hmac_sha256_ctx ctx;
+  hmac_sha256_set_key(&ctx, key.size(), reinterpret_cast<const uint8_t*>(key.data()));
+  hmac_sha256_update(&ctx, msg.size(), reinterpret_cast<const uint8_t*>(msg.data()));
+  std::string out(SHA256_DIGEST_SIZE, '\0');
+  hmac_sha256_digest(&ctx, SHA256_DIGEST_SIZE, reinterpret_cast<uint8_t*>(out.data()));
+  return out;
 }
 
 // A handshake frame; the peer closing or sending nonsense is an
@@ -495,7 +494,7 @@ void deliver_challenge(Channel& ch, std::string_view key) {
   send_handshake(ch, message);
   std::string expected = hmac_sha256(key, message);
   std::string_view answer = recv_handshake(ch);
-  bool good = answer.size() == kDigestSize && CRYPTO_memcmp(answer.data(), expected.data(), kDigestSize) == 0;
+  bool good = answer.size() == kDigestSize && memeql_sec(answer.data(), expected.data(), kDigestSize);
   send_handshake(ch, good ? kWelcome : kFailure);
   if (!good) fail(ErrType::AuthenticationError, "digest received was wrong (the peer has another authkey)");
 }

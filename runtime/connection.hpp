@@ -7,7 +7,7 @@
 //           receive buffer), socket_pair / listen / accept / connect,
 //           deliver_challenge / answer_challenge, wait_fds, fd_from_process.
 // Uses:     AF_UNIX socketpair, AF_UNIX / AF_INET stream sockets, poll,
-//           OpenSSL libcrypto (HMAC-SHA256, CRYPTO_memcmp), getrandom,
+//           Nettle (HMAC-SHA256, memeql_sec), getrandom,
 //           pidfd_open + pidfd_getfd (Linux 5.6+).
 // Fork-safe: a Channel is plain memory and an fd; a forked child inherits
 //           both (as Python's Connection is inherited). No global state but

@@ -647,7 +647,10 @@ workload("array_sum", {
 --------------------------------------------------------------------- memory
 -- worker_memory: per repetition and start method a fresh luamp (so fork
 -- workers inherit a minimal parent) makes a Pool, waits until every worker
--- has answered, settles, and reads Rss/Pss of each worker and of itself.
+-- has answered, settles, and reads Rss/Pss of each worker and of itself;
+-- then the same for idle mp.Process children (the `idle_child_` metrics,
+-- which CPython's side does not have: the foundation issue compares them
+-- with CPython's fork worker).
 
 local function smaps_kb(pid)
   local f = io.open("/proc/" .. pid .. "/smaps_rollup")
@@ -686,6 +689,17 @@ local function memory_probe(method, workers, settle_s)
   end
   local me = smaps_kb(mp.getpid())
   pool:terminate()
+  local idle = {}
+  for i = 1, workers do
+    idle[i] = mp.get_context(method).Process{ target = mp.sleep, args = { 1 + settle_s } }
+    idle[i]:start()
+  end
+  mp.sleep(settle_s)
+  for _, pr in ipairs(idle) do
+    local m = pr:is_alive() and smaps_kb(pr.pid)
+    lines[#lines + 1] = m and ("idle %d %d"):format(m.rss, m.pss) or "dead"
+  end
+  for _, pr in ipairs(idle) do pr:join() end
   lines[#lines + 1] = ("parent %d %d"):format(me.rss, me.pss)
   io.stdout:write(table.concat(lines, "\n"), "\n")
 end
@@ -706,11 +720,12 @@ local function probe_in_fresh_luamp(method, p)
     shell_quote(luamp_command()), shell_quote(arg[0]), "--memory-probe", method,
     tostring(p.workers), tostring(p.settle_s) }, " ")
   local pipe = assert(io.popen(cmd))
-  local out = { workers = {}, ok = true }
+  local out = { workers = {}, idle = {}, ok = true }
   for line in pipe:lines() do
     local who, rss, pss = line:match("^(%a+) (%d+) (%d+)$")
-    if who == "worker" then
-      out.workers[#out.workers + 1] = { rss = tonumber(rss), pss = tonumber(pss) }
+    if who == "worker" or who == "idle" then
+      local list = who == "worker" and out.workers or out.idle
+      list[#list + 1] = { rss = tonumber(rss), pss = tonumber(pss) }
     elseif who == "parent" then
       out.parent = { rss = tonumber(rss), pss = tonumber(pss) }
     else
@@ -719,6 +734,7 @@ local function probe_in_fresh_luamp(method, p)
   end
   local closed = pipe:close()
   out.ok = out.ok and closed and out.parent ~= nil and #out.workers == p.workers
+    and #out.idle == p.workers
   return out
 end
 
@@ -736,9 +752,11 @@ workload("worker_memory", {
         local r = probe_in_fresh_luamp(method, p)
         if not r.ok then error("memory probe for " .. method .. " failed") end
         for _, kind in ipairs({ "pss", "rss" }) do
-          local per_worker = {}
+          local per_worker, per_idle = {}, {}
           for i, w in ipairs(r.workers) do per_worker[i] = w[kind] end
+          for i, w in ipairs(r.idle) do per_idle[i] = w[kind] end
           add(("worker_%s_%s"):format(kind, method), median(per_worker))
+          add(("idle_child_%s_%s"):format(kind, method), median(per_idle))
           add(("parent_%s_%s"):format(kind, method), r.parent[kind])
         end
       end
