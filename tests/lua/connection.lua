@@ -11,11 +11,7 @@ local ffi = require("ffi")
 
 pcall(ffi.cdef, "long write(int, const void*, size_t);")
 
-local function start(fn, ...)
-  local p = mp.Process{target = fn, args = table.pack(...)}
-  p:start()
-  return p
-end
+local start = T.start
 
 local function joined(p, what)
   p:join(30)

@@ -9,11 +9,7 @@ local mp = T.setup()
 local connection = mp.connection
 local Listener, Client = connection.Listener, connection.Client
 
-local function start(fn, ...)
-  local p = mp.Process{target = fn, args = table.pack(...)}
-  p:start()
-  return p
-end
+local start = T.start
 
 local function joined(p, what)
   p:join(30)

@@ -8,9 +8,7 @@ local mp = T.setup()
 mp.set_start_method("forkserver", true)
 
 local TMP = T.run("mktemp -d"):gsub("%s+$", "")
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb")); f:write(text); f:close()
-end
+local write_file = T.write_file
 
 write_file(TMP .. "/warm_mod.lua", "WARM_LOADS = (WARM_LOADS or 0) + 1\nreturn { loaded_in = require('luamp.core').getpid() }\n")
 package.path = TMP .. "/?.lua;" .. package.path

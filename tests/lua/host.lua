@@ -14,22 +14,10 @@ local LUAMP = T.luamp()
 
 -- -- Helpers -------------------------------------------------------------------
 
-local function q(s)
-  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
-end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local q, write_file = T.quote, T.write_file
 
 local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("*a")
-  f:close()
-  return s
+  return T.read_file(path) or ""
 end
 
 local TMP = assert(T.run("mktemp -d"), "mktemp -d failed"):gsub("%s+$", "")

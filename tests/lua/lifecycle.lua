@@ -9,18 +9,7 @@ local mp, method = T.setup()
 local LUAMP = T.luamp()
 local TMP = T.run("mktemp -d"):gsub("%s+$", "")
 
-local function q(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb")); f:write(text); f:close()
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a"); f:close()
-  return s
-end
+local q, write_file, read_file = T.quote, T.write_file, T.read_file
 
 -- Runs `code` as a script with this test's start method; returns stdout, status.
 local function run_script(code, redirect)

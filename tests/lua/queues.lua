@@ -6,16 +6,9 @@
 local T = require("testlib")
 local mp = T.setup()
 
-local function start(fn, ...)
-  local p = mp.Process{target = fn, args = table.pack(...)}
-  p:start()
-  return p
-end
+local start = T.start
 
-local function join_all(ps)
-  for _, p in ipairs(ps) do p:join(30) end
-  for _, p in ipairs(ps) do T.eq(p.exitcode, 0, p.name .. " exit code") end
-end
+local join_all = T.join_all
 
 local function elapsed(fn, ...)
   local t0 = mp.monotonic()

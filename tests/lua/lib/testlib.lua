@@ -71,6 +71,39 @@ function T.run(cmd)
   return body, tonumber(status)
 end
 
+-- Starts a Process running fn(...) (nils kept) and returns it.
+function T.start(fn, ...)
+  local p = mp.Process{target = fn, args = table.pack(...)}
+  p:start()
+  return p
+end
+
+-- Joins every process (up to 30 s each) and checks each exited with 0.
+function T.join_all(ps)
+  for _, p in ipairs(ps) do p:join(30) end
+  for _, p in ipairs(ps) do T.eq(p.exitcode, 0, p.name .. " exit code") end
+end
+
+-- s quoted for the shell.
+function T.quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+function T.write_file(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
+end
+
+-- The file's bytes, or nil if it cannot be read.
+function T.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
 -- The luamp binary under test (set by CTest; falls back to arg[-1]).
 function T.luamp()
   return os.getenv("LUAMP_BIN") or arg[-1]
