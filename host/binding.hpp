@@ -4,7 +4,6 @@
 // Why: LuaJIT on x64 unwinds with the C++ ABI, so a std::exception escaping
 // a C function would reach `pcall` as an opaque "C++ exception". wrap<F>
 // turns luamp::Error (and any std::exception) into a luamp error table.
-// It must not catch (...): that would swallow LuaJIT's own error unwinding.
 #pragma once
 #include <lua.hpp>
 
@@ -14,12 +13,14 @@
 
 namespace luamp {
 
-template <lua_CFunction F>
-int wrap(lua_State* L) {
-  ErrType type;
-  std::string message;
+// Runs body(); a luamp::Error or std::exception it throws becomes a luamp
+// error type and message, and false. It must not catch (...): that would
+// swallow LuaJIT's own error unwinding.
+template <typename F>
+bool catch_errors(F&& body, ErrType& type, std::string& message) {
   try {
-    return F(L);
+    body();
+    return true;
   } catch (const Error& e) {
     type = e.type();
     message = e.what();
@@ -30,6 +31,15 @@ int wrap(lua_State* L) {
     type = ErrType::OSError;
     message = e.what();
   }
+  return false;
+}
+
+template <lua_CFunction F>
+int wrap(lua_State* L) {
+  int results = 0;
+  ErrType type;
+  std::string message;
+  if (catch_errors([&] { results = F(L); }, type, message)) return results;
   raise_error(L, type, message);
 }
 

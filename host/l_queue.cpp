@@ -36,19 +36,9 @@ std::string g_error_message;
 // Runs `body`, turning an exception into -1 and the remembered error.
 template <typename F>
 int guarded(F body) {
-  try {
-    return body();
-  } catch (const Error& e) {
-    g_error_type = e.type();
-    g_error_message = e.what();
-  } catch (const std::bad_alloc&) {
-    g_error_type = ErrType::Error;
-    g_error_message = "not enough memory";
-  } catch (const std::exception& e) {
-    g_error_type = ErrType::OSError;
-    g_error_message = e.what();
-  }
-  return -1;
+  int rc = -1;
+  if (!catch_errors([&] { rc = body(); }, g_error_type, g_error_message)) return -1;
+  return rc;
 }
 
 bool valid_kind(int kind) { return kind >= 1 && kind <= 3; }
