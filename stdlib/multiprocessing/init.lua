@@ -72,6 +72,10 @@ local LAZY = {
     names = { "Pipe" },
     handles = { "Connection" },
   },
+  ["multiprocessing.managers"] = {
+    names = { "Manager" },
+    handles = { "Proxy", "ManagerClass" },
+  },
 }
 for _, code in ipairs({ "b", "B", "h", "H", "i", "I", "l", "L", "q", "Q", "f", "d", "c", "bool" }) do
   local h = LAZY["multiprocessing.sharedctypes"].handles
@@ -99,6 +103,7 @@ end
 local SUBMODULES = {
   shared_memory = "multiprocessing.shared_memory",
   connection = "multiprocessing.connection",
+  managers = "multiprocessing.managers",
 }
 
 setmetatable(mp, {

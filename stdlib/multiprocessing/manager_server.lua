@@ -1,0 +1,519 @@
+-- multiprocessing.manager_server — the server side of managers: the event
+-- loop that serves proxy calls, and the built-in types of SyncManager
+-- (dict, list, Namespace, Value, Array) as they live in the server.
+--
+--   local server = Server.new(registry, address, authkey)   -- listens now
+--   print(server.address)                                   -- the real address
+--   server:serve_forever()                                  -- until a client asks "shutdown"
+--
+-- One Lua process, no threads. The loop waits (connection.wait) on the
+-- Listener and every client Connection. A request is {object id, method,
+-- args..., n = count}; it runs in a coroutine of its own, so a method that
+-- would block yields instead and is resumed by the loop every RETRY seconds
+-- while the other clients are served (the built-in types never block yet;
+-- Lock and Queue proxies will). The reply is {true, results..., n = count}
+-- or {false, {value = error, traceback = ...}}; the client turns the second
+-- into RemoteError (a luamp error keeps its type).
+--
+-- Objects live in a table by id until the server ends: there is no
+-- reference counting (a proxy that is dropped does not free its object).
+-- Object 0 is the server itself, with the operations create, ping and
+-- shutdown.
+--
+-- Error policy: nothing a client sends stops the server. An error in a
+-- method goes back to the caller; a request that cannot be decoded gets an
+-- error reply; a connection that fails (EOF, garbage bytes, a dead client,
+-- a failed authkey challenge) is closed and forgotten.
+-- Fork safety: a Server belongs to the process that made it; children do
+-- not serve it.
+local core = require("luamp.core")
+local connection = require("multiprocessing.connection")
+
+local type, select, unpack, pairs, ipairs, tostring, xpcall, pcall, error =
+  type, select, unpack, pairs, ipairs, tostring, xpcall, pcall, error
+local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
+local raise, is_error = core.error, core.is_error
+local conn_wait, monotonic = core.conn_wait, core.monotonic
+local ffi = require("ffi")
+pcall(ffi.cdef, "int sched_yield(void);")
+local C = ffi.C
+
+local M = {}
+
+local RETRY = 0.005   -- seconds between retries of blocked requests
+local BACKLOG = 128
+local SPIN = 50e-6    -- seconds the loop polls after serving, before it sleeps
+
+-- What travels back about an error: the value, and where it came from.
+function M.error_info(e)
+  return { value = e, traceback = debug.traceback(tostring(e), 2) }
+end
+local error_info = M.error_info
+
+-- -- dict: insertion-ordered, as Python's --------------------------------------------
+
+-- keys[1..top] in insertion order (TOMB where one was deleted), pos[k] its
+-- index there, vals[k] the value, n the live count.
+local TOMB = {}
+
+local function check_key(k)
+  if k == nil then raise("TypeError", "dict: a key cannot be nil") end
+  if k ~= k then raise("TypeError", "dict: a key cannot be NaN") end
+end
+
+local function dict_compact(d)
+  local keys, pos, j = d.keys, d.pos, 0
+  for i = 1, d.top do
+    local k = keys[i]
+    if k ~= TOMB then
+      j = j + 1
+      keys[j], pos[k] = k, j
+    end
+  end
+  for i = j + 1, d.top do keys[i] = nil end
+  d.top, d.holes = j, 0
+end
+
+local function dict_del(d, k)
+  local i = d.pos[k]
+  if i == nil then return nil end
+  local v = d.vals[k]
+  d.keys[i], d.pos[k], d.vals[k] = TOMB, nil, nil
+  d.n, d.holes = d.n - 1, d.holes + 1
+  if d.holes > 16 and d.holes * 2 > d.top then dict_compact(d) end
+  return v
+end
+
+local function dict_set(d, k, v)
+  check_key(k)
+  if v == nil then return dict_del(d, k) end
+  if d.pos[k] == nil then
+    local top = d.top + 1
+    d.keys[top], d.pos[k], d.top, d.n = k, top, top, d.n + 1
+  end
+  d.vals[k] = v
+end
+
+-- Calls fn(k, v) for each entry in insertion order.
+local function dict_each(d, fn)
+  local keys, vals = d.keys, d.vals
+  for i = 1, d.top do
+    local k = keys[i]
+    if k ~= TOMB then fn(k, vals[k]) end
+  end
+end
+
+local function dict_update(d, t)
+  if t == nil then return end
+  if type(t) ~= "table" then raise("TypeError", "update: argument #1 expected a table, got " .. type(t)) end
+  for k, v in pairs(t) do dict_set(d, k, v) end
+end
+
+local function dict_new(t)
+  local d = { keys = {}, pos = {}, vals = {}, top = 0, n = 0, holes = 0 }
+  dict_update(d, t)
+  return d
+end
+
+local function collect(d, pick)
+  local out, n = {}, 0
+  dict_each(d, function(k, v) n = n + 1; out[n] = pick(k, v) end)
+  out.n = n
+  return out
+end
+
+local DICT = {
+  getitem = function(d, k) return d.vals[k] end,
+  setitem = function(d, k, v) dict_set(d, k, v) end,
+  len = function(d) return d.n end,
+  get = function(d, k, default)
+    local v = d.vals[k]
+    if v == nil then return default end
+    return v
+  end,
+  keys = function(d) return collect(d, function(k) return k end) end,
+  values = function(d) return collect(d, function(_, v) return v end) end,
+  items = function(d) return collect(d, function(k, v) return { k, v } end) end,
+  pop = function(d, k, default)
+    local v = dict_del(d, k)
+    if v == nil then return default end
+    return v
+  end,
+  update = dict_update,
+  setdefault = function(d, k, v)
+    local have = d.vals[k]
+    if have ~= nil then return have end
+    dict_set(d, k, v)
+    return v
+  end,
+  clear = function(d)
+    d.keys, d.pos, d.vals, d.top, d.n, d.holes = {}, {}, {}, 0, 0, 0
+  end,
+  copy = function(d)
+    local out = {}
+    dict_each(d, function(k, v) out[k] = v end)
+    return out
+  end,
+}
+
+-- -- list (1-based, may hold nil) and Array --------------------------------------------
+
+local function check_pos(l, i, what)
+  if type(i) ~= "number" or i ~= math.floor(i) then
+    raise("TypeError", ("%s: index expected an integer, got %s"):format(what, type(i)))
+  end
+  if i < 1 or i > l.n then raise("IndexError", ("%s: index %d out of range 1..%d"):format(what, i, l.n)) end
+  return i
+end
+
+local function seq_new(t, what)
+  if t == nil then return { n = 0 } end
+  if type(t) ~= "table" then raise("TypeError", ("%s: expected a table, got %s"):format(what, type(t))) end
+  local n = t.n or #t
+  local l = { n = n }
+  for i = 1, n do l[i] = t[i] end
+  return l
+end
+
+local function seq_find(l, v)
+  for i = 1, l.n do
+    if l[i] == v then return i end
+  end
+  return nil
+end
+
+local function seq_totable(l)
+  local out = { n = l.n }
+  for i = 1, l.n do out[i] = l[i] end
+  return out
+end
+
+local LIST = {
+  getitem = function(l, i) return l[check_pos(l, i, "list")] end,
+  setitem = function(l, i, v) l[check_pos(l, i, "list")] = v end,
+  len = function(l) return l.n end,
+  append = function(l, v) l.n = l.n + 1; l[l.n] = v end,
+  extend = function(l, t)
+    local s = seq_new(t, "extend")
+    for i = 1, s.n do l[l.n + i] = s[i] end
+    l.n = l.n + s.n
+  end,
+  insert = function(l, i, v)
+    if type(i) ~= "number" then raise("TypeError", "insert: argument #1 (index) expected a number") end
+    i = math.max(1, math.min(math.floor(i), l.n + 1))
+    for j = l.n, i, -1 do l[j + 1] = l[j] end
+    l[i], l.n = v, l.n + 1
+  end,
+  pop = function(l, i)
+    if l.n == 0 then raise("IndexError", "pop from an empty list") end
+    i = check_pos(l, i or l.n, "pop")
+    local v = l[i]
+    for j = i, l.n - 1 do l[j] = l[j + 1] end
+    l[l.n], l.n = nil, l.n - 1
+    return v
+  end,
+  remove = function(l, v)
+    local i = seq_find(l, v)
+    if not i then raise("ValueError", "remove: value not in list") end
+    for j = i, l.n - 1 do l[j] = l[j + 1] end
+    l[l.n], l.n = nil, l.n - 1
+  end,
+  index = function(l, v)
+    local i = seq_find(l, v)
+    if not i then raise("ValueError", "index: value not in list") end
+    return i
+  end,
+  count = function(l, v)
+    local c = 0
+    for i = 1, l.n do if l[i] == v then c = c + 1 end end
+    return c
+  end,
+  sort = function(l, comp)
+    local t = seq_totable(l)
+    t.n = nil
+    table.sort(t, comp)
+    for i = 1, l.n do l[i] = t[i] end
+  end,
+  reverse = function(l)
+    local n = l.n
+    for i = 1, math.floor(n / 2) do l[i], l[n + 1 - i] = l[n + 1 - i], l[i] end
+  end,
+  totable = seq_totable,
+}
+
+local TYPECODES = { b = true, B = true, h = true, H = true, i = true, I = true, l = true, L = true,
+                    q = true, Q = true, f = true, d = true, c = true, ["?"] = true }
+
+local function check_typecode(what, typecode)
+  if not TYPECODES[typecode] then
+    raise("ValueError", ("%s: unknown typecode %s (b B h H i I l L q Q f d c ?)"):format(what, tostring(typecode)))
+  end
+end
+
+local ARRAY = {
+  getitem = LIST.getitem,
+  setitem = LIST.setitem,
+  len = LIST.len,
+  totable = seq_totable,
+}
+
+local function array_new(typecode, seq)
+  check_typecode("Array", typecode)
+  if type(seq) == "number" then
+    local zero = typecode == "c" and "\0" or (typecode == "?" and false or 0)
+    local a = { n = seq }
+    for i = 1, seq do a[i] = zero end
+    return a
+  end
+  return seq_new(seq, "Array")
+end
+
+-- -- Namespace and Value ----------------------------------------------------------------
+
+local NAMESPACE = {
+  getattr = function(ns, k) return ns[k] end,
+  setattr = function(ns, k, v)
+    check_key(k)
+    ns[k] = v
+  end,
+  items = function(ns)
+    local out = {}
+    for k, v in pairs(ns) do out[k] = v end
+    return out
+  end,
+}
+
+local VALUE = {
+  get = function(v) return v.value end,
+  set = function(v, x) v.value = x end,
+}
+
+-- typeid -> { make(...) -> object, methods = the names a proxy may call }
+M.BUILTIN = {
+  dict = { make = dict_new, methods = DICT },
+  list = { make = function(t) return seq_new(t, "list") end, methods = LIST },
+  Namespace = { make = function() return {} end, methods = NAMESPACE },
+  Value = { make = function(typecode, v)
+    check_typecode("Value", typecode)
+    return { typecode = typecode, value = v }
+  end, methods = VALUE },
+  Array = { make = array_new, methods = ARRAY },
+}
+
+-- -- The server ----------------------------------------------------------------------
+
+local Server = {}
+Server.__index = Server
+Server.__mp_unsendable = "Server"
+
+local SERVER_OPS = {}
+
+-- create(typeid, args...) -> id, proxy kind ("generic" or a built-in typeid)
+function SERVER_OPS.create(server, typeid, ...)
+  local entry = server.registry[typeid]
+  if type(typeid) ~= "string" or not entry then
+    raise("ValueError", ("create: unknown typeid %s"):format(tostring(typeid)))
+  end
+  local obj, methods, kind
+  if type(entry) == "string" then
+    local b = M.BUILTIN[entry]
+    obj, methods, kind = b.make(...), b.methods, entry
+  else
+    obj, kind = entry(...), "generic"
+  end
+  local id = server.next_id
+  server.next_id = id + 1
+  server.objects[id], server.methods[id], server.typeids[id] = obj, methods or false, typeid
+  return id, kind
+end
+
+function SERVER_OPS.ping() return "pong" end
+
+function SERVER_OPS.shutdown(server)
+  server.running = false
+end
+
+-- Server.new(registry, address, authkey): listens at once (nil address: a
+-- fresh Unix socket path). registry: typeid -> callable, or a BUILTIN name.
+function M.new(registry, address, authkey)
+  local listener = connection.Listener(address, nil, BACKLOG, authkey)
+  local self = setmetatable({
+    registry = registry, listener = listener, address = listener.address,
+    objects = { [0] = false }, methods = { [0] = SERVER_OPS }, typeids = { [0] = "server" },
+    next_id = 1, clients = {}, blocked = {}, running = false,
+  }, Server)
+  self.objects[0] = self
+  return self
+end
+
+local function find_method(self, id, method)
+  local obj = self.objects[id]
+  if obj == nil then raise("ValueError", ("no object with id %s in this manager"):format(tostring(id))) end
+  local methods = self.methods[id]
+  if methods then
+    local fn = methods[method]
+    if not fn then
+      raise("ValueError", ("%s proxy: no method %s"):format(self.typeids[id], tostring(method)))
+    end
+    return obj, fn
+  end
+  if type(method) ~= "string" or method:sub(1, 1) == "_" then
+    raise("ValueError", ("%s proxy: %s is not a public method (names starting with _ are private)")
+      :format(self.typeids[id], tostring(method)))
+  end
+  local t = type(obj)
+  local fn = (t == "table" or t == "userdata" or t == "cdata" or t == "string") and obj[method]
+  if not fn then
+    raise("ValueError", ("%s proxy: the object has no method %s"):format(self.typeids[id], method))
+  end
+  return obj, fn
+end
+
+local function invoke(self, id, method, ...)
+  local obj, fn = find_method(self, id, method)
+  return fn(obj, ...)
+end
+
+local function pack(...)
+  return { n = select("#", ...), ... }
+end
+
+-- The body of a request's coroutine: the reply to send.
+local function run_request(self, req)
+  local r = pack(xpcall(invoke, error_info, self, req[1], req[2], unpack(req, 3, req.n)))
+  if r[1] then return r end
+  return { false, r[2], n = 2 }
+end
+
+function Server:_drop(c)
+  for i, x in ipairs(self.clients) do
+    if x == c then table.remove(self.clients, i) break end
+  end
+  for i = #self.blocked, 1, -1 do
+    if self.blocked[i].conn == c then table.remove(self.blocked, i) end
+  end
+  self.watch = nil
+  pcall(c.close, c)
+end
+
+function Server:_reply(c, reply)
+  local ok, err = pcall(c.send, c, reply)
+  if ok then return end
+  if is_error(err, "SerializationError") then  -- nothing was sent: say why instead
+    ok = pcall(c.send, c, { false, error_info(err), n = 2 })
+    if ok then return end
+  end
+  self:_drop(c)  -- the client is gone
+end
+
+-- Resumes a request's coroutine; a finished one is answered, a yielded one
+-- waits in `blocked` for the next retry.
+function Server:_step(c, co, req)
+  local ok, reply = co_resume(co, self, req)
+  if co_status(co) ~= "dead" then
+    self.blocked[#self.blocked + 1] = { conn = c, co = co }
+    return
+  end
+  if not ok then reply = { false, error_info(reply), n = 2 } end
+  self:_reply(c, reply)
+end
+
+function Server:_serve_client(c)
+  local ok, req = pcall(c.recv, c)
+  if not ok then
+    if is_error(req, "EOFError") or is_error(req, "OSError") then return self:_drop(c) end
+    return self:_reply(c, { false, error_info(req), n = 2 })  -- e.g. a function over a data-only link
+  end
+  if type(req) ~= "table" or type(req.n) ~= "number" then
+    return self:_reply(c, { false, error_info(core.new_error("ValueError", "not a manager request")), n = 2 })
+  end
+  self:_step(c, co_create(run_request), req)
+end
+
+function Server:_retry_blocked()
+  local blocked = self.blocked
+  self.blocked = {}
+  for _, b in ipairs(blocked) do self:_step(b.conn, b.co) end
+end
+
+function Server:_accept()
+  local ok, c = pcall(self.listener.accept, self.listener)
+  if not ok then return nil end  -- a failed challenge or a client gone at once: only it ends
+  self.clients[#self.clients + 1] = c
+  self.watch = nil
+  return c
+end
+
+-- Serves c's requests that are already read (c:recv reads ahead, so the
+-- first request may arrive with the end of the authkey challenge).
+function Server:_serve_read_ahead(c)
+  while not c.closed and c:_pending() > 0 do self:_serve_client(c) end
+end
+
+-- The objects to wait on ([1] the Listener, then the clients) and their fds.
+function Server:_watch()
+  local watch, fds = { self.listener }, { self.listener:fileno() }
+  for i, c in ipairs(self.clients) do watch[i + 1], fds[i + 1] = c, c:fileno() end
+  self.watch, self.fds = watch, fds
+  return watch, fds
+end
+
+-- Waits for ready fds: a look without sleeping, then (after activity) a
+-- short spin, since a client that was just answered usually asks again
+-- within microseconds and waking a sleeping process costs tens; then a sleep.
+local function any(ready)
+  for i = 1, #ready do
+    if ready[i] then return true end
+  end
+  return false
+end
+
+function Server:_wait(fds, spin)
+  local ready = conn_wait(fds, 0)
+  if any(ready) then return ready end
+  if spin then
+    local deadline = monotonic() + SPIN
+    repeat
+      C.sched_yield()
+      ready = conn_wait(fds, 0)
+      if any(ready) then return ready end
+    until monotonic() >= deadline
+  end
+  return conn_wait(fds, #self.blocked > 0 and RETRY or nil)
+end
+
+-- server:serve_forever(): serves until a client sends shutdown; then closes
+-- the Listener (removing a Unix socket file) and every client connection.
+function Server:serve_forever()
+  self.running = true
+  local active = false
+  while self.running do
+    local watch, fds = self.watch, self.fds
+    if watch == nil then watch, fds = self:_watch() end
+    local ready = self:_wait(fds, active)
+    active = false
+    for i = 1, #ready do
+      local o = watch[i]
+      if not ready[i] then  -- nothing to do
+      elseif i == 1 then
+        local c = self:_accept()
+        if c then self:_serve_read_ahead(c) end
+      else
+        self:_serve_client(o)
+        self:_serve_read_ahead(o)
+        active = true
+      end
+    end
+    if #self.blocked > 0 then self:_retry_blocked() end
+  end
+  self:close()
+end
+
+function Server:close()
+  self.running = false
+  pcall(self.listener.close, self.listener)
+  for _, c in ipairs(self.clients) do pcall(c.close, c) end
+  self.clients, self.blocked = {}, {}
+end
+
+return M

@@ -1,0 +1,462 @@
+-- multiprocessing.managers — managers: a server process that holds Lua
+-- objects, and proxies through which any process (a child, a pool task,
+-- another luamp program over TCP) calls their methods.
+--
+--   local m = mp.Manager()                 -- a started SyncManager
+--   local d = m:dict()                     -- a proxy: d[k], d[k] = v, #d, d:keys(), ...
+--   mp.Process{target = function(d) d.x = 1 end, args = {d}}:start()
+--
+--   local M = mp.managers.BaseManager:extend()
+--   M:register("Counter", function(n) return Counter.new(n) end)
+--   local m = M{address = {"127.0.0.1", 0}, authkey = "secret"}
+--   m:start()                              -- m.address holds the real port
+--   local c = m:Counter(5); c:add(1)       -- public methods of the object
+--
+-- The server is manager_server.lua. A proxy is a userdata (so # and
+-- indexing work under Lua 5.1 rules) that names {address, object id}; it
+-- travels to other processes as the handle "Proxy", and each process opens
+-- one Connection per manager address, lazily, on its first call. Calls are
+-- synchronous request/reply on that Connection. Values read through a
+-- proxy are copies; a proxy stored in a dict or list proxy stays a proxy.
+--
+-- Differences from Python: no reference counting (objects live until the
+-- server ends); a method that fails in the server raises RemoteError in the
+-- caller (a luamp error keeps its type); a proxy call to a server that is
+-- shut down or dead raises EOFError at once; mp.Manager() and a context's
+-- Manager() both use the default start method (BaseManager{ctx = ...}
+-- chooses another).
+-- Fork safety: a forked child opens its own connections (the parent's are
+-- forgotten after fork) and does not shut down its parent's managers.
+local core = require("luamp.core")
+local class = require("multiprocessing.class")
+local connection = require("multiprocessing.connection")
+local process = require("multiprocessing.process")
+local util = require("multiprocessing.util")
+local server_mod = require("multiprocessing.manager_server")
+
+local type, select, unpack, pairs, tostring, pcall, error, rawget, getmetatable, setmetatable =
+  type, select, unpack, pairs, tostring, pcall, error, rawget, getmetatable, setmetatable
+local raise, is_error = core.error, core.is_error
+
+local M = {}
+
+local START_TIMEOUT = 60  -- seconds for a server process to report its address
+local STOP_TIMEOUT = 5    -- seconds for a server to end after shutdown
+
+-- -- Connections, one per manager address in each process --------------------------
+
+local conns = {}       -- address key -> Connection
+local known_keys = {}  -- address key -> authkey given to a manager of this process
+
+util.register_after_fork(function() conns = {} end)
+
+local function address_key(address)
+  if type(address) == "table" then return tostring(address[1]) .. ":" .. tostring(address[2]) end
+  return tostring(address)
+end
+
+-- The error the caller sees for a failed call: a luamp error keeps its
+-- type; any other value arrives as RemoteError carrying it.
+local function to_error(info)
+  local v = info.value
+  if is_error(v) then
+    v.traceback = v.traceback or info.traceback
+    return v
+  end
+  return core.new_error("RemoteError", tostring(v), v, info.traceback)
+end
+
+local function gone(st, why)
+  conns[st.key] = nil
+  raise("EOFError", ("the manager at %s is gone (%s)"):format(st.key, tostring(why)))
+end
+
+local function open(st)
+  local authkey = known_keys[st.key] or st.authkey
+  if authkey == nil and st.arena == core.shm_id() then authkey = process.authkey() end
+  if authkey == nil then
+    raise("AuthenticationError", ("no authkey for the manager at %s: connect a manager to it first"):format(st.key))
+  end
+  local ok, c = pcall(connection.Client, st.address, nil, authkey)
+  if not ok then
+    if is_error(c, "OSError") then gone(st, c) end
+    error(c, 0)
+  end
+  conns[st.key] = c
+  return c
+end
+
+-- call(st, method, args...) -> the method's results, on object st.id
+local function call(st, method, ...)
+  local c = conns[st.key] or open(st)
+  local req = { st.id, method, ... }
+  req.n = select("#", ...) + 2
+  local ok, err = pcall(c.send, c, req)
+  if not ok then
+    if is_error(err, "OSError") then
+      pcall(c.close, c)
+      gone(st, err)
+    end
+    error(err, 0)  -- e.g. SerializationError: nothing was sent
+  end
+  local reply
+  ok, reply = pcall(c.recv, c)
+  if not ok then
+    if is_error(reply, "EOFError") or is_error(reply, "OSError") then
+      pcall(c.close, c)
+      gone(st, reply)
+    end
+    error(reply, 0)
+  end
+  if reply[1] then return unpack(reply, 2, reply.n) end
+  error(to_error(reply[2]), 0)
+end
+
+-- -- Proxies ------------------------------------------------------------------------------
+
+local states = setmetatable({}, { __mode = "k" })  -- proxy -> {address, key, id, typeid, kind, ...}
+local protos = {}                                  -- kind -> the userdata whose metatable proxies share
+
+local function state_of(p)
+  local st = states[p]
+  if st == nil then raise("TypeError", "expected a manager proxy, got " .. type(p)) end
+  return st
+end
+
+local function is_proxy(v)
+  return type(v) == "userdata" and states[v] ~= nil
+end
+M.is_proxy = is_proxy
+
+-- A method that calls `name` on the proxy's object.
+local function remote(name)
+  return function(self, ...) return call(state_of(self), name, ...) end
+end
+
+local function reduce(p)
+  local st = states[p]
+  if st == nil then raise("SerializationError", "cannot send a proxy prototype") end
+  local payload = { address = st.address, id = st.id, typeid = st.typeid, kind = st.kind, arena = st.arena }
+  if st.authkey ~= process.authkey() then payload.authkey = st.authkey end
+  return "Proxy", payload
+end
+
+local function make_proxy(st)
+  st.key = address_key(st.address)
+  local p = newproxy(protos[st.kind] or protos.generic)
+  states[p] = st
+  return p
+end
+
+local function define(kind, name, meta)
+  local proto = newproxy(true)
+  local mt = getmetatable(proto)
+  for k, v in pairs(meta) do mt[k] = v end
+  mt.__mp_reduce = reduce
+  mt.__tostring = function(p)
+    local st = states[p]
+    return ("<%s proxy of '%s' id=%s at %s>"):format(name, st.typeid, tostring(st.id), st.key)
+  end
+  protos[kind] = proto
+end
+
+-- Copies of a proxy's contents, so proxies may be passed where tables are.
+local function plain(v, method)
+  if is_proxy(v) then return call(state_of(v), method) end
+  return v
+end
+
+local DICT = {
+  get = remote("get"), keys = remote("keys"), values = remote("values"), items = remote("items"),
+  pop = remote("pop"), setdefault = remote("setdefault"), clear = remote("clear"), copy = remote("copy"),
+  update = function(self, t) return call(state_of(self), "update", plain(t, "copy")) end,
+  -- for k, v in d:pairs() do: over a copy of the items taken now
+  pairs = function(self)
+    local items, i = call(state_of(self), "items"), 0
+    return function()
+      i = i + 1
+      local it = items[i]
+      if it then return it[1], it[2] end
+    end
+  end,
+}
+
+define("dict", "dict", {
+  __index = function(p, k)
+    local m = DICT[k]
+    if m then return m end
+    return call(state_of(p), "getitem", k)
+  end,
+  __newindex = function(p, k, v) call(state_of(p), "setitem", k, v) end,
+  __len = function(p) return call(state_of(p), "len") end,
+})
+
+local LIST = {
+  append = remote("append"), insert = remote("insert"), pop = remote("pop"), remove = remote("remove"),
+  index = remote("index"), count = remote("count"), sort = remote("sort"), reverse = remote("reverse"),
+  totable = remote("totable"),
+  extend = function(self, t) return call(state_of(self), "extend", plain(t, "totable")) end,
+}
+
+local function sequence(methods)
+  return {
+    __index = function(p, k)
+      if type(k) == "number" then return call(state_of(p), "getitem", k) end
+      local m = methods[k]
+      if m then return m end
+      raise("ValueError", ("%s proxy: no method %s"):format(state_of(p).typeid, tostring(k)))
+    end,
+    __newindex = function(p, k, v) call(state_of(p), "setitem", k, v) end,
+    __len = function(p) return call(state_of(p), "len") end,
+  }
+end
+
+define("list", "list", sequence(LIST))
+define("Array", "Array", sequence({ totable = remote("totable") }))
+
+define("Namespace", "Namespace", {
+  __index = function(p, k) return call(state_of(p), "getattr", k) end,
+  __newindex = function(p, k, v) call(state_of(p), "setattr", k, v) end,
+})
+
+local VALUE = { get = remote("get"), set = remote("set") }
+define("Value", "Value", {
+  __index = function(p, k)
+    if k == "value" then return call(state_of(p), "get") end
+    local m = VALUE[k]
+    if m then return m end
+    raise("ValueError", "Value proxy: no field " .. tostring(k) .. " (use .value)")
+  end,
+  __newindex = function(p, k, v)
+    if k ~= "value" then raise("ValueError", "Value proxy: no field " .. tostring(k) .. " (use .value)") end
+    call(state_of(p), "set", v)
+  end,
+})
+
+-- A registered type's proxy: every string key is a method of the object.
+local generic_methods = {}
+define("generic", "BaseProxy", {
+  __index = function(_, k)
+    local m = generic_methods[k]
+    if m == nil and type(k) == "string" then
+      m = remote(k)
+      generic_methods[k] = m
+    end
+    return m
+  end,
+  __newindex = function(p)
+    raise("TypeError", ("%s proxy: fields cannot be set; call a method"):format(state_of(p).typeid))
+  end,
+})
+
+local registry = debug.getregistry()
+registry["luamp.handles"] = registry["luamp.handles"] or {}
+registry["luamp.handles"].Proxy = function(payload)
+  return make_proxy({ address = payload.address, id = payload.id, typeid = payload.typeid,
+                      kind = payload.kind, arena = payload.arena, authkey = payload.authkey })
+end
+
+-- -- BaseManager ------------------------------------------------------------------------
+
+local BaseManager = class.new("BaseManager")
+BaseManager.__mp_unsendable = "Manager"
+BaseManager._registry = {}
+M.BaseManager = BaseManager
+
+-- A manager class travels (as an upvalue of a Process target, say) as its
+-- description: the registered class it extends plus what it adds, its
+-- registry included (class.describe), not as a copy of this module.
+core.register_class("multiprocessing.managers.BaseManager", BaseManager)
+local function reduce_class(cls) return "ManagerClass", class.describe(cls) end
+getmetatable(BaseManager).__mp_reduce = reduce_class
+
+local class_extend = BaseManager.extend
+function BaseManager.extend(parent)
+  local cls = class_extend(parent)
+  getmetatable(cls).__mp_reduce = reduce_class
+  return cls
+end
+
+registry["luamp.handles"].ManagerClass = function(desc)
+  local cls = class.rebuild(desc)
+  getmetatable(cls).__mp_reduce = reduce_class
+  return cls
+end
+
+local RESERVED = { init = true, start = true, connect = true, shutdown = true, get_server = true,
+                   register = true, extend = true, join = true }
+
+local function named(t)
+  return type(t) == "table" and rawget(t, 1) == nil and getmetatable(t) == nil
+end
+
+-- BaseManager(address, authkey) or BaseManager{address = ..., authkey = ..., ctx = ...}
+function BaseManager:init(address, authkey, ctx)
+  if named(address) then
+    local t = address
+    address, authkey, ctx = t.address, t.authkey, t.ctx
+  end
+  if authkey ~= nil and type(authkey) ~= "string" then
+    raise("TypeError", "BaseManager: argument #2 (authkey) expected a string or nil, got " .. type(authkey))
+  end
+  self.address, self._authkey, self._ctx, self._state = address, authkey or process.authkey(), ctx, "initial"
+end
+
+-- Cls:register(typeid [, callable]): m:<typeid>(...) makes callable(...) in
+-- the server and returns a proxy. Without a callable (a client of a server
+-- that registered it) the method only asks the server.
+function BaseManager.register(cls, typeid, callable)
+  if rawget(cls, "__index") == nil then cls = getmetatable(cls) end  -- called on an instance
+  if type(typeid) ~= "string" or typeid:sub(1, 1) == "_" or RESERVED[typeid] then
+    raise("ValueError", ("register: typeid %s is not a usable name"):format(tostring(typeid)))
+  end
+  local ct = type(callable)
+  if callable ~= nil and ct ~= "function" and not (ct == "table" and getmetatable(callable)) then
+    raise("TypeError", "register: argument #2 (callable) expected a function or nil, got " .. ct)
+  end
+  local own = rawget(cls, "_registry")
+  if own == nil then
+    own = {}
+    for k, v in pairs(cls._registry) do own[k] = v end
+    rawset(cls, "_registry", own)
+  end
+  own[typeid] = callable or false
+  cls[typeid] = function(self, ...) return self:_create(typeid, ...) end
+end
+
+local function server_state(self)
+  return { address = self.address, key = address_key(self.address), id = 0,
+           authkey = self._authkey, arena = core.shm_id() }
+end
+
+function BaseManager:_create(typeid, ...)
+  if self._state == "initial" then
+    raise("ValueError", ("%s: the manager is neither started nor connected"):format(typeid))
+  end
+  local st = self._server or server_state(self)
+  local id, kind = call(st, "create", typeid, ...)
+  return make_proxy({ address = self.address, id = id, typeid = typeid, kind = kind,
+                      arena = core.shm_id(), authkey = self._authkey })
+end
+
+-- Module-level and without upvalues: what spawn and forkserver children
+-- receive is a little bytecode that finds the server by name.
+local function server_main(...)
+  return require("multiprocessing.managers")._serve_child(...)
+end
+
+function M._serve_child(reg, address, authkey, report, initializer, initargs)
+  local ok, server = pcall(server_mod.new, reg, address, authkey)
+  if not ok then
+    report:send({ error = server_mod.error_info(server) })
+    return
+  end
+  if initializer then initializer(unpack(initargs or {}, 1, (initargs or {}).n)) end
+  report:send({ address = server.address })
+  report:close()
+  server:serve_forever()
+end
+
+local counter = 0
+
+-- m:start([initializer [, initargs]]): starts the server process (a daemon
+-- child, with the manager's context or the default one) and waits for its address.
+function BaseManager:start(initializer, initargs)
+  if self._state ~= "initial" then raise("ValueError", "start: the manager was already started or connected") end
+  local ctx = self._ctx or require("multiprocessing.context").get_context()
+  local r, w = connection.Pipe(false)
+  counter = counter + 1
+  local name = (rawget(getmetatable(self), "__name") or "Manager") .. "-" .. counter
+  local proc = ctx.Process{ target = server_main, daemon = true, name = name,
+                            args = { getmetatable(self)._registry, self.address, self._authkey, w,
+                                     initializer, initargs } }
+  proc:start()
+  w:close()
+  local ok, got = pcall(function()
+    if not r:poll(START_TIMEOUT) then raise("TimeoutError", "the server did not start in time") end
+    return r:recv()
+  end)
+  r:close()
+  if not ok or got.error then
+    proc:terminate()
+    proc:join(STOP_TIMEOUT)
+    if not ok then raise("ProcessError", "start: the manager's server failed to start: " .. tostring(got)) end
+    error(to_error(got.error), 0)
+  end
+  self.address, self._process, self._state = got.address, proc, "started"
+  self._server = server_state(self)
+  known_keys[self._server.key] = self._authkey
+  local owner = core.getpid()
+  util.finalize(self, function() if core.getpid() == owner then self:shutdown() end end)
+end
+
+-- m:connect(): uses a server that is already running (another process, or
+-- another luamp program); ConnectionRefusedError or AuthenticationError as
+-- Client raises them.
+function BaseManager:connect()
+  if self._state ~= "initial" then raise("ValueError", "connect: the manager was already started or connected") end
+  local st = server_state(self)
+  if conns[st.key] == nil then
+    conns[st.key] = connection.Client(self.address, nil, self._authkey)
+  end
+  known_keys[st.key] = self._authkey
+  call(st, "ping")
+  self._server, self._state = st, "connected"
+end
+
+-- m:get_server() -> a Server listening at m.address in this process; its
+-- serve_forever() serves until a client shuts it down.
+function BaseManager:get_server()
+  if self._state ~= "initial" then raise("ValueError", "get_server: the manager was already started or connected") end
+  local server = server_mod.new(getmetatable(self)._registry, self.address, self._authkey)
+  self.address = server.address
+  return server
+end
+
+-- m:shutdown(): asks the server to stop and reaps its process; proxy calls
+-- raise EOFError afterwards. Harmless twice.
+function BaseManager:shutdown()
+  if self._state == "shutdown" then return end
+  if self._state ~= "started" then raise("ValueError", "shutdown: the manager was not started by this process") end
+  self._state = "shutdown"
+  util.cancel(self)
+  local st = self._server
+  pcall(call, st, "shutdown")
+  local c = conns[st.key]
+  if c then
+    conns[st.key] = nil
+    pcall(c.close, c)
+  end
+  local proc = self._process
+  proc:join(STOP_TIMEOUT)
+  if proc.exitcode == nil then
+    proc:terminate()
+    proc:join(STOP_TIMEOUT)
+  end
+end
+
+-- m:join([timeout]): waits for the server process to end.
+function BaseManager:join(timeout)
+  if self._process then self._process:join(timeout) end
+end
+
+-- -- SyncManager and Manager() --------------------------------------------------------------
+
+local SyncManager = BaseManager:extend()
+SyncManager.__name = "SyncManager"
+M.SyncManager = SyncManager
+core.register_class("multiprocessing.managers.SyncManager", SyncManager)
+SyncManager._registry = {}
+for typeid in pairs(server_mod.BUILTIN) do
+  SyncManager._registry[typeid] = typeid
+  SyncManager[typeid] = function(self, ...) return self:_create(typeid, ...) end
+end
+
+-- mp.Manager() -> a started SyncManager
+function M.Manager(...)
+  local m = SyncManager(...)
+  m:start()
+  return m
+end
+
+return M

@@ -1,0 +1,236 @@
+-- managers.lua — mp.Manager() and mp.managers.BaseManager through the real
+-- binary, the server and the children started with arg[1]'s method: dict,
+-- list, Namespace, Value and Array proxies in the parent, in children and
+-- in pool tasks; nested proxies; copies on read; RemoteError with the
+-- server going on; luamp errors keeping their type; bad method names and
+-- typeids; registered types on BaseManager subclasses; EOFError after
+-- shutdown and after the server's death (bounded); a second, unrelated
+-- luamp process connecting over TCP with the right and a wrong authkey.
+local T = require("testlib")
+local mp = T.setup()
+local managers = mp.managers
+
+local start, join_all = T.start, T.join_all
+
+-- A registered type: a counter with public methods and a private one.
+local Counter = {}
+Counter.__index = Counter
+function Counter:add(k) self.n = self.n + (k or 1); return self.n end
+function Counter:get() return self.n end
+function Counter:fail(msg) error(msg) end
+function Counter:fail_luamp() require("luamp.core").error("IndexError", "no such slot") end
+function Counter:_secret() return "hidden" end
+local function new_counter(n) return setmetatable({ n = n or 0 }, Counter) end
+
+local CounterManager = managers.BaseManager:extend()
+CounterManager:register("Counter", new_counter)
+
+-- Runs fn and checks it took less than `limit` seconds.
+local function bounded(limit, what, fn, ...)
+  local t0 = mp.monotonic()
+  local r = table.pack(pcall(fn, ...))
+  T.check(mp.monotonic() - t0 < limit, what .. " took less than " .. limit .. " s")
+  return unpack(r, 1, r.n)
+end
+
+local m = mp.Manager()
+T.eq(type(m.address), "string", "a Unix socket address by default")
+
+do -- dict proxy in the parent
+  local d = m:dict({ a = 1 })
+  d.b = 2
+  d[3] = "three"
+  T.eq(#d, 3, "#d")
+  T.eq(d.a + d.b, 3, "d[k]")
+  T.eq(d:get("zz", "dflt"), "dflt", "get with a default")
+  T.eq(d:setdefault("a", 9), 1, "setdefault keeps a value")
+  T.eq(d:setdefault("s", 9), 9, "setdefault sets a missing one")
+  d.s = nil
+  T.eq(d.s, nil, "nil deletes")
+  T.eq(#d, 3, "# after a delete")
+  T.eq(d:pop("b"), 2, "pop")
+  T.eq(d:pop("b", "none"), "none", "pop of a missing key gives the default")
+  d:update({ x = 10, y = 20 })
+  local keys = d:keys()
+  T.eq(keys.n, 4, "keys n")
+  T.same(d:copy(), { a = 1, [3] = "three", x = 10, y = 20 }, "copy")
+  local seen = 0
+  for k, v in d:pairs() do
+    seen = seen + 1
+    T.eq(d[k], v, "pairs gives matching keys and values")
+  end
+  T.eq(seen, 4, "pairs visits every key")
+  T.eq(d:items()[1][1], "a", "items keep insertion order")
+  d.t = { 1, 2, 3 }
+  local t = d.t
+  t[1] = 99
+  T.eq(d.t[1], 1, "a value read through a proxy is a copy")
+  T.eq(d:get("get"), nil, "d:get for a key named like a method")
+  d:clear()
+  T.eq(#d, 0, "clear")
+  T.check(tostring(d):find("dict", 1, true), "tostring names the typeid")
+end
+
+do -- list proxy
+  local l = m:list({ 3, 1, 2 })
+  T.eq(#l, 3, "#l")
+  T.eq(l[1], 3, "l[1] is the first")
+  l:append(5)
+  l:extend({ 7, 6 })
+  l:insert(1, 0)
+  T.same(l:totable(), { 0, 3, 1, 2, 5, 7, 6, n = 7 }, "append, extend, insert")
+  T.eq(l:pop(), 6, "pop() takes the last")
+  T.eq(l:pop(1), 0, "pop(1) the first")
+  l:remove(7)
+  T.eq(l:index(2), 3, "index is 1-based")
+  T.eq(l:count(1), 1, "count")
+  l:sort()
+  T.same(l:totable(), { 1, 2, 3, 5, n = 4 }, "sort")
+  l:sort(function(a, b) return a > b end)
+  T.same(l:totable(), { 5, 3, 2, 1, n = 4 }, "sort with a function")
+  l:reverse()
+  l[4] = 50
+  T.same(l:totable(), { 1, 2, 3, 50, n = 4 }, "reverse and l[i] = v")
+  T.checkerr("IndexError", "out of range", function() return l[5] end)
+  T.checkerr("IndexError", nil, function() l[0] = 1 end)
+  T.checkerr("ValueError", "not in list", l.remove, l, 42)
+  T.checkerr("IndexError", nil, m:list().pop, m:list())
+end
+
+do -- Namespace, Value, Array
+  local ns = m:Namespace()
+  ns.x = 5
+  ns.name = "n"
+  T.eq(ns.x, 5, "Namespace field")
+  T.eq(ns.missing, nil, "a missing Namespace field is nil")
+  local v = m:Value("i", 7)
+  v.value = v.value + 1
+  T.eq(v.value, 8, "Value proxy")
+  T.eq(v:get(), 8, "Value:get")
+  T.checkerr("ValueError", "typecode", m.Value, m, "z", 1)
+  local a = m:Array("d", { 1, 2, 3 })
+  a[2] = 20
+  T.eq(#a, 3, "#a")
+  T.eq(a[2], 20, "a[i] = v")
+  T.same(a:totable(), { 1, 20, 3, n = 3 }, "Array totable")
+  T.checkerr("IndexError", nil, function() return a[4] end)
+  T.eq(#m:Array("i", 4), 4, "Array of a size")
+end
+
+do -- proxies in children; nested proxies stay proxies
+  local d, l, ns = m:dict(), m:list(), m:Namespace()
+  d.inner = l
+  local ps = {}
+  for i = 1, 3 do
+    ps[i] = start(function(d, ns, i)
+      d["k" .. i] = i * 10
+      d.inner:append(i)
+      ns["f" .. i] = true
+    end, d, ns, i)
+  end
+  join_all(ps)
+  T.eq(d.k1 + d.k2 + d.k3, 60, "children wrote into the dict")
+  T.eq(#l, 3, "children appended through the nested proxy")
+  T.check(ns.f1 and ns.f2 and ns.f3, "children set Namespace fields")
+  T.check(managers.is_proxy(d.inner), "a proxy read back from a dict is a proxy")
+end
+
+do -- proxies in pool tasks
+  local d = m:dict()
+  local pool = mp.Pool(2)
+  local r = pool:starmap(function(d, x) d[x] = x * x; return #d > 0 end, { { d, 1 }, { d, 2 }, { d, 3 } })
+  pool:close()
+  pool:join()
+  T.eq(r.n, 3, "pool results")
+  T.same(d:copy(), { 1, 4, 9 }, "pool tasks wrote through the proxy")
+end
+
+do -- a registered type: methods, errors, bad names, subclass registries
+  T.eq(managers.BaseManager.Counter, nil, "register on a subclass leaves BaseManager alone")
+  local Other = managers.BaseManager:extend()
+  Other:register("Thing", function() return {} end)
+  T.eq(CounterManager.Thing, nil, "sibling subclasses keep their own registry")
+  local cm = CounterManager()
+  cm:start()
+  local c = cm:Counter(5)
+  T.eq(c:add(2), 7, "a method through the proxy")
+  local p = start(function(c) c:add(10) end, c)
+  join_all({ p })
+  T.eq(c:get(), 17, "a child called a method")
+  local err = T.checkerr("RemoteError", "boom", c.fail, c, "boom")
+  T.check(tostring(err.value):find("boom", 1, true), "err.value is the original error")
+  T.check(type(err.traceback) == "string" and err.traceback:find("stack traceback", 1, true), "err.traceback from the server")
+  T.checkerr("IndexError", "no such slot", c.fail_luamp, c)
+  T.eq(c:get(), 17, "the server goes on after errors")
+  T.checkerr("ValueError", "private", c._secret, c)
+  T.checkerr("ValueError", "no method", c.missing, c)
+  T.checkerr("ValueError", "unknown typeid", cm._create, cm, "Nope")
+  T.checkerr("SerializationError", nil, c.add, c, coroutine.create(print))
+  T.eq(c:add(), 18, "the connection is usable after a refused argument")
+  T.checkerr("ValueError", "typeid", CounterManager.register, CounterManager, "_x", print)
+  cm:shutdown()
+  cm:shutdown()  -- harmless twice
+  bounded(5, "a call after shutdown", function()
+    T.checkerr("EOFError", nil, c.get, c)
+    T.checkerr("EOFError", nil, c.get, c)
+  end)
+end
+
+do -- get_server():serve_forever() in a child; the server's death is EOFError
+  local r, w = mp.Pipe(false)
+  local server_proc = start(function(w)
+    local sm = CounterManager{ address = { "127.0.0.1", 0 } }
+    local server = sm:get_server()
+    w:send(server.address)
+    server:serve_forever()
+  end, w)
+  T.check(r:poll(30), "the server reported its address")
+  local address = r:recv()
+  T.eq(address[1], "127.0.0.1", "a TCP address")
+  local cm = CounterManager{ address = address }
+  cm:connect()
+  local c = cm:Counter(1)
+  T.eq(c:add(1), 2, "a call to a served manager")
+  server_proc:kill()
+  server_proc:join(10)
+  bounded(5, "a call to a dead server", function()
+    T.checkerr("EOFError", nil, c.add, c, 1)
+  end)
+  T.checkerr("ValueError", nil, cm.shutdown, cm)  -- connected, not started here
+end
+
+do -- another luamp program connects over TCP with the authkey, and with a wrong one
+  local rm = CounterManager{ address = { "127.0.0.1", 0 }, authkey = "secret" }
+  rm:start()
+  local port = rm.address[2]
+  T.check(type(port) == "number" and port > 0, "the real port after a start on port 0")
+  local shared = rm:Counter(100)
+  local script = os.tmpname()
+  T.write_file(script, [[
+    local mp = require("multiprocessing")
+    local port, key = tonumber(arg[1]), arg[2]
+    local M = mp.managers.BaseManager:extend()
+    M:register("Counter")
+    local m = M{address = {"127.0.0.1", port}, authkey = key}
+    local ok, err = pcall(m.connect, m)
+    if not ok then print(err.type) os.exit(0) end
+    local c = m:Counter(40)
+    print("own", c:add(2))
+    local ok2, err2 = pcall(c.fail, c, "remote boom")
+    print("error", err2.type)
+    print("done")
+  ]])
+  local cmd = ("timeout 30 %s %s %d %s 2>&1"):format(T.quote(T.luamp()), T.quote(script), port, "%s")
+  local out, status = T.run(cmd:format("secret"))
+  T.eq(status, 0, "the remote client's exit status")
+  T.eq(out, "own\t42\nerror\tRemoteError\ndone\n", "the remote client's output")
+  out, status = T.run(cmd:format("wrong"))
+  T.eq(status, 0, "the wrong-key client's exit status")
+  T.eq(out, "AuthenticationError\n", "a wrong authkey")
+  T.eq(shared:add(1), 101, "the server goes on after a wrong key")
+  os.remove(script)
+  rm:shutdown()
+end
+
+m:shutdown()
+T.done()
