@@ -164,7 +164,7 @@ int luamp_queue_put_raw(void* q, const void* head, size_t head_len, const void* 
 
 int luamp_queue_get_raw(void* q, int block, double timeout, luamp_item* item) {
   return guarded([&] {
-    if (!queue::get(handle(q), g_held, block != 0, timeout)) return 0;
+    if (!queue::get(handle(q), g_held, block != 0, timeout, block != 2)) return 0;
     item->kind = 5;
     item->data = g_held.bytes().data();
     item->len = g_held.bytes().size();

@@ -56,6 +56,7 @@ int luamp_queue_get(void* queue, int block, double timeout, luamp_item* item);
 int luamp_queue_put_raw(void* queue, const void* head, size_t head_len, const void* body,
                         size_t body_len, int block, double timeout);
 int luamp_queue_get_raw(void* queue, int block, double timeout, luamp_item* item);
+/* block = 2: block without polling first (a wait known to be long). */
 void luamp_queue_release(void);
 double luamp_queue_size(void* queue);
 double luamp_queue_maxsize(void* queue);  /* 0: unbounded */

@@ -413,7 +413,7 @@ bool put(Handle& h, std::string_view head, std::string_view body, bool block, do
   return true;
 }
 
-bool get(Handle& h, Message& out, bool block, double timeout) {
+bool get(Handle& h, Message& out, bool block, double timeout, bool spin) {
   Header* q = h.q;
   out.clear();
   int64_t deadline = deadline_of(block, timeout);
@@ -429,7 +429,7 @@ bool get(Handle& h, Message& out, bool block, double timeout) {
       return true;
     }
     if (!block || expired) return false;
-    if (futex::spin_until([q] { return looks_nonempty(q); }, kGetSpinNs, deadline)) continue;
+    if (spin && futex::spin_until([q] { return looks_nonempty(q); }, kGetSpinNs, deadline)) continue;
     if (past(deadline)) {
       expired = true;
       continue;

@@ -82,8 +82,11 @@ inline bool put(Handle& h, std::string_view bytes, bool block, double timeout) {
   return put(h, {}, bytes, block, timeout);
 }
 // Takes the oldest message into `out`. Returns false when the queue stayed
-// empty (non-blocking, or until the timeout).
-bool get(Handle& h, Message& out, bool block, double timeout);
+// empty (non-blocking, or until the timeout). A blocking get polls for a
+// moment before it sleeps (an answer from a busy peer comes soon); `spin`
+// false sleeps at once, for a caller that knows the wait will be long and
+// would only take the CPU from the processes it waits for.
+bool get(Handle& h, Message& out, bool block, double timeout, bool spin = true);
 
 // Approximate number of items (exact when no put or get is under way).
 uint64_t size(const Handle& h);

@@ -35,6 +35,7 @@ local CHECK_EVERY = 0.1   -- seconds between looks at the workers' health
 -- MAX_HELD chunks): enough that tiny tasks never wait for the parent, few
 -- enough that long ones still spread evenly over the workers.
 local QUEUED_WORK = 0.002
+local LONG_TASK = 0.0005  -- seconds: waiting for such tasks, the parent does not poll
 local MIN_HELD, MAX_HELD = 2, 64
 local START_FAILURES = 3  -- workers dying before any task: the pool gives up
 
@@ -742,7 +743,10 @@ local ritem = ffi.new("luamp_item")
 -- Waits up to `timeout` seconds for a reply and handles it; returns
 -- whether there was one.
 function Pool:_take_reply(timeout)
-  local rc = C.luamp_queue_get_raw(self._results, timeout > 0 and 1 or 0, timeout, ritem)
+  -- With tasks that take a while, polling for the reply would only take
+  -- the CPU from the workers: sleep at once.
+  local block = timeout <= 0 and 0 or (self._task_time > LONG_TASK and 2 or 1)
+  local rc = C.luamp_queue_get_raw(self._results, block, timeout, ritem)
   if rc ~= 1 then
     if rc < 0 then queue_failed() end
     return false
