@@ -644,6 +644,40 @@ workload("array_sum", {
   end,
 })
 
+------------------------------------------------------------------- managers
+
+-- manager_dict: a Manager (server started with fork), a fresh dict proxy per
+-- repetition, n writes then n reads from the parent; each one request/reply.
+workload("manager_dict", {
+  full = { n = 10000, start_method = "fork" },
+  quick = { n = 2000, start_method = "fork" },
+  needs = { "Manager" },
+  run = function(p)
+    local n = p.n
+    local keys = {}
+    for i = 1, n do keys[i] = "k" .. (i - 1) end
+    local both, sets, gets, ok = {}, {}, {}, true
+    local manager = mp.managers.SyncManager{ ctx = mp.get_context(p.start_method) }
+    manager:start()
+    for r = 1, p.reps do
+      local d = manager:dict()
+      local t0 = clock()
+      for i = 1, n do d[keys[i]] = i - 1 end
+      local t1 = clock()
+      local total = 0
+      for i = 1, n do total = total + d[keys[i]] end
+      local t2 = clock()
+      both[r] = (t2 - t0) * 1e6 / (2 * n)
+      sets[r] = (t1 - t0) * 1e6 / n
+      gets[r] = (t2 - t1) * 1e6 / n
+      ok = ok and total == n * (n - 1) / 2 and #d == n
+    end
+    manager:shutdown()
+    return { metric("us_per_op", "us", both, ok), metric("us_per_set", "us", sets, ok),
+             metric("us_per_get", "us", gets, ok) }
+  end,
+})
+
 --------------------------------------------------------------------- memory
 -- worker_memory: per repetition and start method a fresh luamp (so fork
 -- workers inherit a minimal parent) makes a Pool, waits until every worker
