@@ -77,6 +77,7 @@ local function make_context(method)
     ctx.get_start_method = M.get_start_method
   end
   ctx.Pool = function(...) return require("multiprocessing.pool").new(ctx, ...) end
+  ctx.Manager = function() return require("multiprocessing.managers").manager_for(ctx) end
   return setmetatable(ctx, { __index = function(_, k) return mp[k] end })
 end
 

@@ -22,9 +22,9 @@
 -- Differences from Python: no reference counting (objects live until the
 -- server ends); a method that fails in the server raises RemoteError in the
 -- caller (a luamp error keeps its type); a proxy call to a server that is
--- shut down or dead raises EOFError at once; mp.Manager() and a context's
--- Manager() both use the default start method (BaseManager{ctx = ...}
--- chooses another).
+-- shut down or dead raises EOFError at once. mp.Manager() starts its
+-- server with the current start method, ctx.Manager() with the context's,
+-- BaseManager{ctx = ...} with the one given.
 -- Fork safety: a forked child opens its own connections (the parent's are
 -- forgotten after fork) and does not shut down its parent's managers.
 local core = require("luamp.core")
@@ -455,6 +455,13 @@ end
 -- mp.Manager() -> a started SyncManager
 function M.Manager(...)
   local m = SyncManager(...)
+  m:start()
+  return m
+end
+
+-- ctx.Manager(): the same, its server started with context `ctx`.
+function M.manager_for(ctx)
+  local m = SyncManager{ ctx = ctx }
   m:start()
   return m
 end

@@ -233,4 +233,15 @@ do -- another luamp program connects over TCP with the authkey, and with a wrong
 end
 
 m:shutdown()
+
+do -- ctx.Manager() starts its server with the context's start method
+  local method = T.method or mp.get_start_method()
+  local cm = mp.get_context(method).Manager()
+  T.eq(cm._process._start_method, method, "the server's start method")
+  local d = cm:dict()
+  d.k = "v"
+  T.eq(d.k, "v", "a dict of a context's manager")
+  cm:shutdown()
+end
+
 T.done()
