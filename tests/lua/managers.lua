@@ -235,7 +235,7 @@ end
 m:shutdown()
 
 do -- ctx.Manager() starts its server with the context's start method
-  local method = T.method or mp.get_start_method()
+  local method = mp.get_start_method()
   local cm = mp.get_context(method).Manager()
   T.eq(cm._process._start_method, method, "the server's start method")
   local d = cm:dict()
