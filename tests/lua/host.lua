@@ -49,14 +49,7 @@ local function check_has(s, needle, what)
   T.check(has(s, needle), ("%s: %q lacks %q"):format(what, s, needle))
 end
 
-local failures = {}
-local function case(name, fn)
-  local ok, err = pcall(fn)
-  if not ok then
-    failures[#failures + 1] = name
-    io.stderr:write(("FAIL %s: %s\n"):format(name, tostring(err)))
-  end
-end
+local case = T.case
 
 -- -- Options -----------------------------------------------------------------
 
@@ -326,8 +319,4 @@ end)
 -- -- End ---------------------------------------------------------------------------------
 
 os.execute("rm -rf " .. q(TMP))
-if #failures > 0 then
-  print(("%d passed, %d failed: %s"):format(T.passed, #failures, table.concat(failures, "; ")))
-  os.exit(1)
-end
 T.done()

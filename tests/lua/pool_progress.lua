@@ -126,14 +126,7 @@ local function check_bar(raw, status, what)
     and lines[#lines] == SUM_LINE, what .. ": screen shows the bar, then the output: " .. table.concat(lines, " | "))
 end
 
-local failures = {}
-local function case(name, fn)
-  local ok, err = pcall(fn)
-  if not ok then
-    failures[#failures + 1] = name
-    io.stderr:write(("FAIL %s: %s\n"):format(name, tostring(err)))
-  end
-end
+local case = T.case
 
 -- -- On a terminal ---------------------------------------------------------------------
 
@@ -179,8 +172,4 @@ end)
 -- -- End ---------------------------------------------------------------------------------
 
 os.execute("rm -rf " .. q(TMP))
-if #failures > 0 then
-  print(("%d passed, %d failed: %s"):format(T.passed, #failures, table.concat(failures, "; ")))
-  os.exit(1)
-end
 T.done()

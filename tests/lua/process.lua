@@ -11,13 +11,7 @@ local function tmpfile()
   return path
 end
 
-local function slurp(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local slurp = T.read_file
 
 -- Runs fn in a child; returns what the child wrote with `emit` and the exit code.
 local function in_child(fn, ...)

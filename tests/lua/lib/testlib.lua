@@ -109,7 +109,22 @@ function T.luamp()
   return os.getenv("LUAMP_BIN") or arg[-1]
 end
 
+-- Runs fn as one named case: a failing case is reported on stderr and the
+-- others still run; T.done() then fails the file.
+local failures = {}
+function T.case(name, fn)
+  local ok, err = pcall(fn)
+  if not ok then
+    failures[#failures + 1] = name
+    io.stderr:write(("FAIL %s: %s\n"):format(name, tostring(err)))
+  end
+end
+
 function T.done()
+  if #failures > 0 then
+    print(("%d passed, %d failed: %s"):format(T.passed, #failures, table.concat(failures, "; ")))
+    os.exit(1)
+  end
   print(("%d passed, 0 failed"):format(T.passed))
 end
 
