@@ -5,7 +5,8 @@
 -- server going on; luamp errors keeping their type; bad method names and
 -- typeids; registered types on BaseManager subclasses; EOFError after
 -- shutdown and after the server's death (bounded); a second, unrelated
--- luamp process connecting over TCP with the right and a wrong authkey.
+-- luamp process connecting over TCP with the right and a wrong authkey;
+-- garbage sent to the server and a client killed mid-call leave it serving.
 local T = require("testlib")
 local mp = T.setup()
 local managers = mp.managers
@@ -230,6 +231,31 @@ do -- another luamp program connects over TCP with the authkey, and with a wrong
   T.eq(shared:add(1), 101, "the server goes on after a wrong key")
   os.remove(script)
   rm:shutdown()
+end
+
+do -- garbage on the server's socket is dropped; the server goes on
+  local conn = mp.connection.Client(m.address)  -- no authkey: no challenge answered
+  pcall(conn.send_bytes, conn, ("\255garbage"):rep(100))
+  local d = m:dict()
+  bounded(5, "a call after garbage", function() d.k = 1 end)
+  T.eq(d.k, 1, "the server still serves")
+  pcall(conn.close, conn)
+end
+
+do -- a client SIGKILLed in the middle of its calls disturbs nobody
+  local d = m:dict({ n = 0 })
+  local started = mp.Event()
+  local p = start(function(d, started)
+    started:set()
+    while true do d.n = d.n + 1 end
+  end, d, started)
+  started:wait(10)
+  mp.sleep(0.05)
+  p:kill()
+  p:join(5)
+  local ok = bounded(5, "a call after the client's death", function() d.n = -1 end)
+  T.check(ok, "the server answers after a client died mid-call")
+  T.eq(d.n, -1, "and its state is consistent")
 end
 
 m:shutdown()
