@@ -59,6 +59,46 @@ TEST_CASE("shm: a large released block gives its pages back and is reused") {
   shm::release(again);
 }
 
+TEST_CASE("shm: processes allocating and releasing at once never share a block") {
+  // Each child fills the blocks it holds with its own byte and checks them
+  // before giving them back: a block handed to two processes would show.
+  constexpr int kChildren = 3, kRounds = 20000;
+  shm::ensure();  // one arena, mapped before the children exist
+  uint64_t used_before = shm::used();
+  std::vector<pid_t> pids;
+  for (int c = 0; c < kChildren; ++c) {
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      unsigned seed = 12345u + static_cast<unsigned>(c);
+      uint64_t held[4] = {0, 0, 0, 0};
+      size_t sizes[4] = {0, 0, 0, 0};
+      auto mark = static_cast<char>('A' + c);
+      for (int r = 0; r < kRounds; ++r) {
+        int slot = static_cast<int>(rand_r(&seed) % 4);
+        if (held[slot]) {
+          const char* p = shm::base() + held[slot];
+          for (size_t i = 0; i < sizes[slot]; i += 97)
+            if (p[i] != mark) _exit(3);
+          shm::release(held[slot]);
+        }
+        sizes[slot] = 64 + rand_r(&seed) % 5000;
+        held[slot] = shm::allocate(sizes[slot]);
+        memset(shm::base() + held[slot], mark, sizes[slot]);
+      }
+      _exit(0);
+    }
+    pids.push_back(pid);
+  }
+  for (pid_t pid : pids) {
+    int status;
+    REQUIRE(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+  }
+  CHECK(shm::used() > used_before);  // they did allocate in the shared arena
+}
+
 TEST_CASE("queue: FIFO across ring ends, growth and spills") {
   queue::Handle h = queue::create(queue::Kind::queue, 0);
   std::vector<size_t> sizes = {1, 7, 8, 9, 1000, 5000, 16000, 20000, 65536, 65537, 200000, 3};
