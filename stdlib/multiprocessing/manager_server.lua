@@ -31,7 +31,7 @@ local connection = require("multiprocessing.connection")
 
 local type, select, unpack, pairs, ipairs, tostring, xpcall, pcall, error =
   type, select, unpack, pairs, ipairs, tostring, xpcall, pcall, error
-local co_create, co_resume, co_status = coroutine.create, coroutine.resume, coroutine.status
+local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
 local raise, is_error = core.error, core.is_error
 local conn_wait, monotonic = core.conn_wait, core.monotonic
 local ffi = require("ffi")
@@ -340,7 +340,7 @@ function M.new(registry, address, authkey)
   local self = setmetatable({
     registry = registry, listener = listener, address = listener.address,
     objects = { [0] = false }, methods = { [0] = SERVER_OPS }, typeids = { [0] = "server" },
-    next_id = 1, clients = {}, blocked = {}, running = false,
+    next_id = 1, clients = {}, blocked = {}, idle = {}, running = false,
   }, Server)
   self.objects[0] = self
   return self
@@ -378,11 +378,19 @@ local function pack(...)
   return { n = select("#", ...), ... }
 end
 
--- The body of a request's coroutine: the reply to send.
+-- The reply to a request.
 local function run_request(self, req)
   local r = pack(xpcall(invoke, error_info, self, req[1], req[2], unpack(req, 3, req.n)))
   if r[1] then return r end
   return { false, r[2], n = 2 }
+end
+
+-- A request runs in a coroutine, so that one that must wait can yield
+-- (anything but DONE) and be retried later; a coroutine serves request
+-- after request (a new one per request cost more than the call itself).
+local DONE = {}
+local function request_loop(self, req)
+  while true do self, req = co_yield(DONE, run_request(self, req)) end
 end
 
 function Server:_drop(c)
@@ -406,15 +414,17 @@ function Server:_reply(c, reply)
   self:_drop(c)  -- the client is gone
 end
 
--- Resumes a request's coroutine; a finished one is answered, a yielded one
--- waits in `blocked` for the next retry.
-function Server:_step(c, co, req)
-  local ok, reply = co_resume(co, self, req)
-  if co_status(co) ~= "dead" then
+-- Resumes a request's coroutine: a finished request is answered (and its
+-- coroutine kept for the next one), a waiting one goes to `blocked` for the
+-- next retry.
+function Server:_step(c, co, ...)
+  local ok, tag, reply = co_resume(co, ...)
+  if not ok then return self:_reply(c, { false, error_info(tag), n = 2 }) end
+  if tag ~= DONE then
     self.blocked[#self.blocked + 1] = { conn = c, co = co }
     return
   end
-  if not ok then reply = { false, error_info(reply), n = 2 } end
+  self.idle[#self.idle + 1] = co
   self:_reply(c, reply)
 end
 
@@ -427,7 +437,10 @@ function Server:_serve_client(c)
   if type(req) ~= "table" or type(req.n) ~= "number" then
     return self:_reply(c, { false, error_info(core.new_error("ValueError", "not a manager request")), n = 2 })
   end
-  self:_step(c, co_create(run_request), req)
+  local idle = self.idle
+  local co = idle[#idle] or co_create(request_loop)
+  idle[#idle] = nil
+  self:_step(c, co, self, req)
 end
 
 function Server:_retry_blocked()
