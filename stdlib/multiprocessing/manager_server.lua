@@ -1,6 +1,7 @@
 -- multiprocessing.manager_server — the server side of managers: the event
 -- loop that serves proxy calls, and the built-in types of SyncManager
--- (dict, list, Namespace, Value, Array) as they live in the server.
+-- (dict, list, Namespace, Value, Array, Lock, Semaphore, BoundedSemaphore,
+-- Event, Queue) as they live in the server.
 --
 --   local server = Server.new(registry, address, authkey)   -- listens now
 --   print(server.address)                                   -- the real address
@@ -10,8 +11,8 @@
 -- Listener and every client Connection. A request is {object id, method,
 -- args..., n = count}; it runs in a coroutine of its own, so a method that
 -- would block yields instead and is resumed by the loop every RETRY seconds
--- while the other clients are served (the built-in types never block yet;
--- Lock and Queue proxies will). The reply is {true, results..., n = count}
+-- while the other clients are served (Lock, Semaphore, Event and Queue
+-- calls do). The reply is {true, results..., n = count}
 -- or {false, {value = error, traceback = ...}}; the client turns the second
 -- into RemoteError (a luamp error keeps its type).
 --
@@ -288,8 +289,111 @@ local VALUE = {
   set = function(v, x) v.value = x end,
 }
 
+-- -- Locks, semaphores, events and queues ----------------------------------------------
+-- They are the real objects (in the server's shared arena). A call that
+-- would block yields to the loop instead, so the other clients are served,
+-- and tries again every RETRY seconds until it succeeds or its timeout
+-- passes.
+
+local function check_wait_args(method, block, timeout)
+  if block ~= nil and type(block) ~= "boolean" then
+    raise("TypeError", method .. ": argument #1 (block) expected boolean or nil, got " .. type(block))
+  end
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+    raise("ValueError", method .. ": timeout must be a non-negative number or nil")
+  end
+end
+
+-- true as soon as try() is; false when block is false or the timeout passed.
+local function retry_until(try, block, timeout)
+  if try() then return true end
+  if block == false then return false end
+  local deadline = timeout and monotonic() + timeout
+  repeat
+    co_yield()
+    if try() then return true end
+  until deadline and monotonic() >= deadline
+  return false
+end
+
+-- try() for a call that raises `busy` (Empty, Full) when it cannot go on now.
+local function attempt(busy, fn, ...)
+  local args = { n = select("#", ...), ... }
+  local result
+  return function()
+    local ok, v = pcall(fn, unpack(args, 1, args.n))
+    if ok then
+      result = v
+      return true
+    end
+    if is_error(v, busy) then return false end
+    error(v, 0)
+  end, function() return result end
+end
+
+local function acquirer(method)
+  return function(sem, block, timeout)
+    check_wait_args(method, block, timeout)
+    return retry_until(function() return sem:acquire(false) end, block, timeout)
+  end
+end
+
+local LOCK = {
+  acquire = acquirer("acquire"),
+  release = function(lock) lock:release() end,
+}
+
+local SEMAPHORE = {
+  acquire = acquirer("acquire"),
+  release = function(sem) sem:release() end,
+  get_value = function(sem) return sem:get_value() end,
+}
+
+local EVENT = {
+  set = function(ev) ev:set() end,
+  clear = function(ev) ev:clear() end,
+  is_set = function(ev) return ev:is_set() end,
+  wait = function(ev, timeout)
+    check_wait_args("wait", nil, timeout)
+    return retry_until(function() return ev:is_set() end, true, timeout)
+  end,
+}
+
+local function queue_put(q, obj, block, timeout)
+  check_wait_args("put", block, timeout)
+  if not retry_until(attempt("Full", q.put, q, obj, false), block, timeout) then
+    raise("Full", "put: the queue is full")
+  end
+end
+
+local function queue_get(q, block, timeout)
+  check_wait_args("get", block, timeout)
+  local try, result = attempt("Empty", q.get, q, false)
+  if not retry_until(try, block, timeout) then raise("Empty", "get: the queue is empty") end
+  return result()
+end
+
+local QUEUE = {
+  put = queue_put,
+  get = queue_get,
+  put_nowait = function(q, obj) return queue_put(q, obj, false) end,
+  get_nowait = function(q) return queue_get(q, false) end,
+  qsize = function(q) return q:qsize() end,
+  empty = function(q) return q:empty() end,
+  full = function(q) return q:full() end,
+}
+
+local function mp_field(name)
+  return function(...) return require("multiprocessing")[name](...) end
+end
+
 -- typeid -> { make(...) -> object, methods = the names a proxy may call }
 M.BUILTIN = {
+  Lock = { make = mp_field("Lock"), methods = LOCK },
+  Semaphore = { make = mp_field("Semaphore"), methods = SEMAPHORE },
+  BoundedSemaphore = { make = mp_field("BoundedSemaphore"), methods = SEMAPHORE },
+  Event = { make = mp_field("Event"), methods = EVENT },
+  Queue = { make = mp_field("Queue"), methods = QUEUE },
   dict = { make = dict_new, methods = DICT },
   list = { make = function(t) return seq_new(t, "list") end, methods = LIST },
   Namespace = { make = function() return {} end, methods = NAMESPACE },

@@ -233,6 +233,35 @@ define("Value", "Value", {
   end,
 })
 
+-- Locks, semaphores, events and queues: their methods, run in the server
+-- (a call that waits there does not hold up the other clients).
+local function methods_proxy(kind, names, extra)
+  local methods = extra or {}
+  for _, name in ipairs(names) do methods[name] = remote(name) end
+  define(kind, kind, {
+    __index = function(p, k)
+      local m = methods[k]
+      if m then return m end
+      raise("ValueError", ("%s proxy: no method %s"):format(state_of(p).typeid, tostring(k)))
+    end,
+  })
+end
+
+-- lock:with(fn, ...): fn(...) holding the lock, released even on error.
+local function with(self, fn, ...)
+  self:acquire()
+  local r = table.pack(pcall(fn, ...))
+  self:release()
+  if not r[1] then error(r[2], 0) end
+  return unpack(r, 2, r.n)
+end
+
+methods_proxy("Lock", { "acquire", "release" }, { with = with })
+methods_proxy("Semaphore", { "acquire", "release", "get_value" }, { with = with })
+methods_proxy("BoundedSemaphore", { "acquire", "release", "get_value" }, { with = with })
+methods_proxy("Event", { "set", "clear", "is_set", "wait" })
+methods_proxy("Queue", { "put", "get", "put_nowait", "get_nowait", "qsize", "empty", "full" })
+
 -- A registered type's proxy: every string key is a method of the object.
 local generic_methods = {}
 define("generic", "BaseProxy", {

@@ -233,6 +233,56 @@ do -- another luamp program connects over TCP with the authkey, and with a wrong
   rm:shutdown()
 end
 
+do -- Lock, Semaphore, Event and Queue proxies
+  local lock, ev, q, sem, d = m:Lock(), m:Event(), m:Queue(2), m:BoundedSemaphore(2), m:dict()
+  T.check(lock:acquire(), "acquire")
+  T.eq(lock:acquire(false), false, "non-blocking acquire of a held lock")
+  local waited = select(2, bounded(2, "a timed acquire", function()
+    local t0 = mp.monotonic()
+    T.eq(lock:acquire(true, 0.1), false, "a timed acquire of a held lock gives up")
+    return mp.monotonic() - t0
+  end))
+  T.check(waited >= 0.09, ("acquire(true, 0.1) waited %.3f s"):format(waited))
+  -- a child blocks in the server on the lock; other calls are still served
+  local p = start(function(lock, d)
+    d.child = lock:acquire(true, 10) and "got it" or "timed out"
+    lock:release()
+  end, lock, d)
+  mp.sleep(0.1)
+  local t0 = mp.monotonic()
+  for i = 1, 20 do d[i] = i end
+  T.check(mp.monotonic() - t0 < 1, "a blocked acquire does not hold up other calls")
+  lock:release()
+  p:join(10)
+  T.eq(d.child, "got it", "the blocked acquire got the lock once released")
+  T.eq(lock:with(function(a, b) return a + b end, 2, 3), 5, "with")
+  T.checkerr("ValueError", nil, lock.release, lock)
+  -- Event
+  T.eq(ev:wait(0.05), false, "wait on a clear event times out")
+  local setter = start(function(ev) mp.sleep(0.1) ev:set() end, ev)
+  T.eq(ev:wait(10), true, "wait returns once another process sets it")
+  T.check(ev:is_set(), "is_set")
+  setter:join(10)
+  -- Queue
+  q:put(1)
+  q:put({ "two" })
+  T.checkerr("Full", nil, q.put_nowait, q, 3)
+  T.eq(q:qsize(), 2, "qsize")
+  T.eq(q:get(), 1, "get")
+  T.eq(q:get()[1], "two", "a table through the queue proxy")
+  T.checkerr("Empty", nil, q.get, q, true, 0.05)
+  local producer = start(function(q) q:put("from child") end, q)
+  T.eq(q:get(true, 10), "from child", "get waits for a child's put")
+  producer:join(10)
+  -- BoundedSemaphore
+  T.eq(sem:get_value(), 2, "initial value")
+  T.check(sem:acquire() and sem:acquire(), "two acquires")
+  T.eq(sem:acquire(false), false, "a third does not go")
+  sem:release()
+  sem:release()
+  T.checkerr("ValueError", nil, sem.release, sem)
+end
+
 do -- garbage on the server's socket is dropped; the server goes on
   local conn = mp.connection.Client(m.address)  -- no authkey: no challenge answered
   pcall(conn.send_bytes, conn, ("\255garbage"):rep(100))
