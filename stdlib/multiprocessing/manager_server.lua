@@ -1,7 +1,8 @@
 -- multiprocessing.manager_server — the server side of managers: the event
 -- loop that serves proxy calls, and the built-in types of SyncManager
--- (dict, list, Namespace, Value, Array, Lock, Semaphore, BoundedSemaphore,
--- Event, Queue) as they live in the server.
+-- (dict, list, Namespace, Value, Array, Lock, RLock, Semaphore,
+-- BoundedSemaphore, Condition, Event, Queue, JoinableQueue) as they live in
+-- the server.
 --
 --   local server = Server.new(registry, address, authkey)   -- listens now
 --   print(server.address)                                   -- the real address
@@ -383,6 +384,117 @@ local QUEUE = {
   full = function(q) return q:full() end,
 }
 
+-- RLock and Condition live in the server as Lua state with an owner per
+-- client (the Connection whose request runs: set by Server:_step), since
+-- every client's call runs in this one process. A client that goes away
+-- gives back the RLocks it held (Server:_drop), rather than wedging them.
+local current_client
+local rlocks = setmetatable({}, { __mode = "k" })
+
+local function rlock_new()
+  local r = { owner = nil, count = 0 }
+  rlocks[r] = true
+  return r
+end
+
+local function rlock_take(r, me, count)
+  if r.owner == nil then
+    r.owner, r.count = me, count or 1
+    return true
+  end
+  if r.owner == me and not count then
+    r.count = r.count + 1
+    return true
+  end
+  return false
+end
+
+local function rlock_acquire(r, block, timeout)
+  check_wait_args("acquire", block, timeout)
+  local me = current_client
+  return retry_until(function() return rlock_take(r, me) end, block, timeout)
+end
+
+local function rlock_release(r)
+  if r.owner == nil then raise("AssertionError", "RLock:release: the lock is not held") end
+  if r.owner ~= current_client then
+    raise("AssertionError", "RLock:release: the lock is held by another client")
+  end
+  r.count = r.count - 1
+  if r.count == 0 then r.owner = nil end
+end
+
+local RLOCK = { acquire = rlock_acquire, release = rlock_release }
+
+local function cond_owned(c, method)
+  if c.lock.owner ~= current_client then
+    raise("AssertionError", ("Condition:%s: the lock is not held by this client"):format(method))
+  end
+end
+
+local CONDITION = {
+  acquire = function(c, block, timeout) return rlock_acquire(c.lock, block, timeout) end,
+  release = function(c) return rlock_release(c.lock) end,
+  -- Releases the lock fully, waits for a notify (or the timeout), takes the
+  -- lock back at the same depth; returns whether it was notified.
+  wait = function(c, timeout)
+    check_wait_args("wait", nil, timeout)
+    cond_owned(c, "wait")
+    local lock, me = c.lock, current_client
+    local depth = lock.count
+    lock.owner, lock.count = nil, 0
+    local token = { notified = false }
+    c.waiters[#c.waiters + 1] = token
+    local notified = retry_until(function() return token.notified end, true, timeout)
+    if not notified then
+      for i, t in ipairs(c.waiters) do
+        if t == token then table.remove(c.waiters, i) break end
+      end
+    end
+    retry_until(function() return rlock_take(lock, me, depth) end, true, nil)
+    return notified
+  end,
+  notify = function(c, n)
+    cond_owned(c, "notify")
+    for _ = 1, math.min(n or 1, #c.waiters) do table.remove(c.waiters, 1).notified = true end
+  end,
+  notify_all = function(c)
+    cond_owned(c, "notify_all")
+    for _, t in ipairs(c.waiters) do t.notified = true end
+    c.waiters = {}
+  end,
+}
+
+local function condition_new(lock)
+  if lock ~= nil then
+    raise("ValueError", "Condition: a manager's Condition makes its own RLock (no lock argument)")
+  end
+  return { lock = rlock_new(), waiters = {} }
+end
+
+-- JoinableQueue: a Queue of the arena and a count of unfinished tasks kept
+-- here, where every put and task_done of the manager's clients happens.
+local JOINABLE = {
+  put = function(j, obj, block, timeout)
+    queue_put(j.q, obj, block, timeout)
+    j.unfinished = j.unfinished + 1
+  end,
+  get = function(j, block, timeout) return queue_get(j.q, block, timeout) end,
+  put_nowait = function(j, obj)
+    queue_put(j.q, obj, false)
+    j.unfinished = j.unfinished + 1
+  end,
+  get_nowait = function(j) return queue_get(j.q, false) end,
+  qsize = function(j) return j.q:qsize() end,
+  empty = function(j) return j.q:empty() end,
+  full = function(j) return j.q:full() end,
+  task_done = function(j)
+    if j.unfinished == 0 then raise("ValueError", "task_done: called too many times") end
+    j.unfinished = j.unfinished - 1
+  end,
+  join = function(j) retry_until(function() return j.unfinished == 0 end, true, nil) end,
+}
+
 local function mp_field(name)
   return function(...) return require("multiprocessing")[name](...) end
 end
@@ -394,6 +506,11 @@ M.BUILTIN = {
   BoundedSemaphore = { make = mp_field("BoundedSemaphore"), methods = SEMAPHORE },
   Event = { make = mp_field("Event"), methods = EVENT },
   Queue = { make = mp_field("Queue"), methods = QUEUE },
+  JoinableQueue = { make = function(maxsize)
+    return { q = require("multiprocessing").Queue(maxsize), unfinished = 0 }
+  end, methods = JOINABLE },
+  RLock = { make = rlock_new, methods = RLOCK },
+  Condition = { make = condition_new, methods = CONDITION },
   dict = { make = dict_new, methods = DICT },
   list = { make = function(t) return seq_new(t, "list") end, methods = LIST },
   Namespace = { make = function() return {} end, methods = NAMESPACE },
@@ -501,6 +618,9 @@ function Server:_drop(c)
   for i, x in ipairs(self.clients) do
     if x == c then table.remove(self.clients, i) break end
   end
+  for r in pairs(rlocks) do
+    if r.owner == c then r.owner, r.count = nil, 0 end
+  end
   for i = #self.blocked, 1, -1 do
     if self.blocked[i].conn == c then table.remove(self.blocked, i) end
   end
@@ -522,7 +642,9 @@ end
 -- coroutine kept for the next one), a waiting one goes to `blocked` for the
 -- next retry.
 function Server:_step(c, co, ...)
+  current_client = c
   local ok, tag, reply = co_resume(co, ...)
+  current_client = nil
   if not ok then return self:_reply(c, { false, error_info(tag), n = 2 }) end
   if tag ~= DONE then
     self.blocked[#self.blocked + 1] = { conn = c, co = co }

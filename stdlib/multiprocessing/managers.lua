@@ -261,6 +261,10 @@ methods_proxy("Semaphore", { "acquire", "release", "get_value" }, { with = with 
 methods_proxy("BoundedSemaphore", { "acquire", "release", "get_value" }, { with = with })
 methods_proxy("Event", { "set", "clear", "is_set", "wait" })
 methods_proxy("Queue", { "put", "get", "put_nowait", "get_nowait", "qsize", "empty", "full" })
+methods_proxy("JoinableQueue", { "put", "get", "put_nowait", "get_nowait", "qsize", "empty", "full",
+                                 "task_done", "join" })
+methods_proxy("RLock", { "acquire", "release" }, { with = with })
+methods_proxy("Condition", { "acquire", "release", "wait", "notify", "notify_all" }, { with = with })
 
 -- A registered type's proxy: every string key is a method of the object.
 local generic_methods = {}

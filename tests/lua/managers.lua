@@ -283,6 +283,62 @@ do -- Lock, Semaphore, Event and Queue proxies
   T.checkerr("ValueError", nil, sem.release, sem)
 end
 
+do -- RLock (owned per client), Condition, JoinableQueue
+  local r, c, jq, d = m:RLock(), m:Condition(), m:JoinableQueue(), m:dict()
+  T.check(r:acquire() and r:acquire(), "an RLock is recursive for its owner")
+  local p = start(function(r, d)
+    d.nb = r:acquire(false)
+    local ok, e = pcall(r.release, r)
+    d.err = not ok and e.type
+    d.got = r:acquire(true, 10)
+    r:release()
+  end, r, d)
+  mp.sleep(0.2)
+  r:release()
+  r:release()
+  p:join(15)
+  T.eq(d.nb, false, "another client cannot take a held RLock")
+  T.eq(d.err, "AssertionError", "nor release it")
+  T.eq(d.got, true, "it gets it once the owner released it fully")
+  -- Condition: wait releases the lock, notify wakes one waiter
+  local waiter = start(function(c, d)
+    c:acquire()
+    d.waiting = true
+    d.notified = c:wait(10)
+    c:release()
+  end, c, d)
+  local t0 = mp.monotonic()
+  while not d.waiting and mp.monotonic() - t0 < 10 do mp.sleep(0.01) end
+  c:acquire()
+  c:notify()
+  c:release()
+  waiter:join(15)
+  T.eq(d.notified, true, "the waiter was notified")
+  c:acquire()
+  T.eq(c:wait(0.05), false, "wait times out without a notify")
+  c:release()
+  T.checkerr("AssertionError", "not held", c.notify, c)
+  -- JoinableQueue
+  for i = 1, 3 do jq:put(i) end
+  local w = start(function(jq)
+    for _ = 1, 3 do
+      jq:get()
+      jq:task_done()
+    end
+  end, jq)
+  jq:join()
+  T.checkerr("ValueError", "too many", jq.task_done, jq)
+  w:join(10)
+  -- a client killed while it holds an RLock gives it back
+  local holder = start(function(r, d) r:acquire() d.held = true mp.sleep(30) end, r, d)
+  t0 = mp.monotonic()
+  while not d.held and mp.monotonic() - t0 < 10 do mp.sleep(0.01) end
+  holder:kill()
+  holder:join(10)
+  T.eq(r:acquire(true, 5), true, "the RLock of a killed client is free again")
+  r:release()
+end
+
 do -- garbage on the server's socket is dropped; the server goes on
   local conn = mp.connection.Client(m.address)  -- no authkey: no challenge answered
   pcall(conn.send_bytes, conn, ("\255garbage"):rep(100))
