@@ -1,8 +1,8 @@
 -- multiprocessing.manager_server — the server side of managers: the event
 -- loop that serves proxy calls, and the built-in types of SyncManager
 -- (dict, list, Namespace, Value, Array, Lock, RLock, Semaphore,
--- BoundedSemaphore, Condition, Event, Queue, JoinableQueue) as they live in
--- the server.
+-- BoundedSemaphore, Condition, Event, Barrier, Queue, JoinableQueue) as
+-- they live in the server.
 --
 --   local server = Server.new(registry, address, authkey)   -- listens now
 --   print(server.address)                                   -- the real address
@@ -495,6 +495,78 @@ local JOINABLE = {
   join = function(j) retry_until(function() return j.unfinished == 0 end, true, nil) end,
 }
 
+-- Barrier: one generation at a time. A wait that times out, an abort, a
+-- failing action or a waiting client that dies breaks it (every waiter gets
+-- BrokenBarrierError), as the local Barrier does; reset breaks the
+-- generation being waited on and starts a new one.
+local barriers = setmetatable({}, { __mode = "k" })
+
+local function barrier_new(parties, action, timeout)
+  if type(parties) ~= "number" or parties < 1 or parties ~= math.floor(parties) then
+    raise("ValueError", "Barrier: parties must be a whole number >= 1")
+  end
+  check_wait_args("Barrier", nil, timeout)
+  local b = { parties = parties, action = action, timeout = timeout, count = 0, generation = 0,
+              broken = false, broken_gens = {}, waiting = {} }
+  barriers[b] = true
+  return b
+end
+
+local function barrier_break(b)
+  b.broken = true
+  b.broken_gens[b.generation] = true
+end
+
+local function broken()
+  raise("BrokenBarrierError", "the barrier is broken")
+end
+
+local BARRIER = {
+  wait = function(b, timeout)
+    check_wait_args("wait", nil, timeout)
+    if b.broken then broken() end
+    local gen, index, me = b.generation, b.count, current_client
+    b.count = b.count + 1
+    if b.count == b.parties then
+      -- A waiter whose connection is readable has ended (it sends nothing
+      -- while it waits): the loop may not have noticed yet.
+      for c in pairs(b.waiting) do
+        if c.closed or c:poll() then
+          barrier_break(b)
+          broken()
+        end
+      end
+      if b.action then
+        local ok = pcall(b.action)
+        if not ok then
+          barrier_break(b)
+          broken()
+        end
+      end
+      b.count, b.generation = 0, gen + 1
+      return index
+    end
+    b.waiting[me] = gen
+    local done = retry_until(function() return b.generation ~= gen or b.broken_gens[gen] end, true,
+      timeout or b.timeout)
+    b.waiting[me] = nil
+    if b.broken_gens[gen] then broken() end
+    if not done then
+      barrier_break(b)
+      broken()
+    end
+    return index
+  end,
+  abort = function(b) barrier_break(b) end,
+  reset = function(b)
+    if b.count > 0 then b.broken_gens[b.generation] = true end
+    b.count, b.generation, b.broken = 0, b.generation + 1, false
+  end,
+  parties = function(b) return b.parties end,
+  n_waiting = function(b) return b.count end,
+  broken = function(b) return b.broken end,
+}
+
 local function mp_field(name)
   return function(...) return require("multiprocessing")[name](...) end
 end
@@ -511,6 +583,7 @@ M.BUILTIN = {
   end, methods = JOINABLE },
   RLock = { make = rlock_new, methods = RLOCK },
   Condition = { make = condition_new, methods = CONDITION },
+  Barrier = { make = barrier_new, methods = BARRIER },
   dict = { make = dict_new, methods = DICT },
   list = { make = function(t) return seq_new(t, "list") end, methods = LIST },
   Namespace = { make = function() return {} end, methods = NAMESPACE },
@@ -620,6 +693,9 @@ function Server:_drop(c)
   end
   for r in pairs(rlocks) do
     if r.owner == c then r.owner, r.count = nil, 0 end
+  end
+  for b in pairs(barriers) do
+    if b.waiting[c] then barrier_break(b) end
   end
   for i = #self.blocked, 1, -1 do
     if self.blocked[i].conn == c then table.remove(self.blocked, i) end

@@ -265,6 +265,15 @@ methods_proxy("JoinableQueue", { "put", "get", "put_nowait", "get_nowait", "qsiz
                                  "task_done", "join" })
 methods_proxy("RLock", { "acquire", "release" }, { with = with })
 methods_proxy("Condition", { "acquire", "release", "wait", "notify", "notify_all" }, { with = with })
+methods_proxy("Barrier", { "wait", "abort", "reset" })
+-- Python's Barrier has parties, n_waiting and broken as attributes.
+do
+  local index = getmetatable(protos.Barrier).__index
+  getmetatable(protos.Barrier).__index = function(p, k)
+    if k == "parties" or k == "n_waiting" or k == "broken" then return call(state_of(p), k) end
+    return index(p, k)
+  end
+end
 
 -- A registered type's proxy: every string key is a method of the object.
 local generic_methods = {}

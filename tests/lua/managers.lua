@@ -339,6 +339,33 @@ do -- RLock (owned per client), Condition, JoinableQueue
   r:release()
 end
 
+do -- Barrier: indexes, timeouts and dead waiters break it
+  local b, d = m:Barrier(3), m:dict()
+  T.eq(b.parties, 3, "parties")
+  local ps = {}
+  for i = 1, 2 do ps[i] = start(function(b, d, i) d[i] = b:wait(10) end, b, d, i) end
+  local t0 = mp.monotonic()
+  while b.n_waiting < 2 and mp.monotonic() - t0 < 10 do mp.sleep(0.01) end
+  local idx = { b:wait(10) }
+  join_all(ps)
+  idx[2], idx[3] = d[1], d[2]
+  table.sort(idx)
+  T.eq(table.concat(idx, ","), "0,1,2", "each party gets its own index")
+  local b2 = m:Barrier(2)
+  T.checkerr("BrokenBarrierError", nil, b2.wait, b2, 0.05)
+  T.check(b2.broken, "a timed-out wait breaks the barrier")
+  b2:reset()
+  T.check(not b2.broken, "reset mends it")
+  local b3 = m:Barrier(2)
+  local p = start(function(b3) b3:wait() end, b3)
+  t0 = mp.monotonic()
+  while b3.n_waiting < 1 and mp.monotonic() - t0 < 10 do mp.sleep(0.01) end
+  p:kill()
+  p:join(10)
+  local ok = bounded(5, "a wait after a waiter died", function() return b3:wait(3) end)
+  T.check(not ok and b3.broken, "a waiter that died breaks the barrier")
+end
+
 do -- garbage on the server's socket is dropped; the server goes on
   local conn = mp.connection.Client(m.address)  -- no authkey: no challenge answered
   pcall(conn.send_bytes, conn, ("\255garbage"):rep(100))
