@@ -571,6 +571,10 @@ local function mp_field(name)
   return function(...) return require("multiprocessing")[name](...) end
 end
 
+-- The built-in types whose server objects are plain luamp objects, so that
+-- a registered callable may make them (BaseManager.register's proxytype).
+M.WRAPPABLE = { Lock = true, Semaphore = true, BoundedSemaphore = true, Event = true, Queue = true }
+
 -- typeid -> { make(...) -> object, methods = the names a proxy may call }
 M.BUILTIN = {
   Lock = { make = mp_field("Lock"), methods = LOCK },
@@ -612,6 +616,8 @@ function SERVER_OPS.create(server, typeid, ...)
   if type(entry) == "string" then
     local b = M.BUILTIN[entry]
     obj, methods, kind = b.make(...), b.methods, entry
+  elseif type(entry) == "table" and getmetatable(entry) == nil then  -- {callable, proxytype}
+    obj, methods, kind = entry[1](...), M.BUILTIN[entry[2]].methods, entry[2]
   else
     obj, kind = entry(...), "generic"
   end

@@ -347,7 +347,12 @@ end
 -- Cls:register(typeid [, callable]): m:<typeid>(...) makes callable(...) in
 -- the server and returns a proxy. Without a callable (a client of a server
 -- that registered it) the method only asks the server.
-function BaseManager.register(cls, typeid, callable)
+-- register(typeid, callable, proxytype): proxytype (optional) names a
+-- SyncManager type ("Queue", "Lock", "Event", ...) whose proxy the
+-- callable's object gets, e.g. register("jobs", function() return q end,
+-- "Queue") for an mp.Queue() q of the server: its get then waits in the
+-- server without holding up the other clients, as m:Queue()'s does.
+function BaseManager.register(cls, typeid, callable, proxytype)
   if rawget(cls, "__index") == nil then cls = getmetatable(cls) end  -- called on an instance
   if type(typeid) ~= "string" or typeid:sub(1, 1) == "_" or RESERVED[typeid] then
     raise("ValueError", ("register: typeid %s is not a usable name"):format(tostring(typeid)))
@@ -355,6 +360,14 @@ function BaseManager.register(cls, typeid, callable)
   local ct = type(callable)
   if callable ~= nil and ct ~= "function" and not (ct == "table" and getmetatable(callable)) then
     raise("TypeError", "register: argument #2 (callable) expected a function or nil, got " .. ct)
+  end
+  if proxytype ~= nil then
+    if not server_mod.WRAPPABLE[proxytype] then
+      raise("ValueError", ("register: proxytype %s is not one of Lock, Semaphore, BoundedSemaphore, "
+        .. "Event, Queue"):format(tostring(proxytype)))
+    end
+    if callable == nil then raise("ValueError", "register: a proxytype needs a callable") end
+    callable = { callable, proxytype }
   end
   local own = rawget(cls, "_registry")
   if own == nil then

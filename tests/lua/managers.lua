@@ -366,6 +366,23 @@ do -- Barrier: indexes, timeouts and dead waiters break it
   T.check(not ok and b3.broken, "a waiter that died breaks the barrier")
 end
 
+do -- register with a proxy type: the callable's object gets that type's proxy
+  local q = mp.Queue()
+  local QM = managers.BaseManager:extend()
+  QM:register("work", function() return q end, "Queue")
+  T.checkerr("ValueError", "proxytype", QM.register, QM, "bad", function() end, "dict")
+  local qm = QM()
+  qm:start()
+  local proxy = qm:work()
+  local p = start(function(proxy) mp.sleep(0.1) proxy:put("late") end, proxy)
+  T.eq(proxy:get(true, 10), "late", "a get through the proxy waits for a put")
+  q:put("direct")
+  T.eq(proxy:get(), "direct", "it is the server's own queue")
+  T.checkerr("Empty", nil, proxy.get, proxy, true, 0.05)
+  p:join(10)
+  qm:shutdown()
+end
+
 do -- garbage on the server's socket is dropped; the server goes on
   local conn = mp.connection.Client(m.address)  -- no authkey: no challenge answered
   pcall(conn.send_bytes, conn, ("\255garbage"):rep(100))
