@@ -10,10 +10,10 @@
 --
 -- One Lua process, no threads. The loop waits (connection.wait) on the
 -- Listener and every client Connection. A request is {object id, method,
--- args..., n = count}; it runs in a coroutine of its own, so a method that
--- would block yields instead and is resumed by the loop every RETRY seconds
--- while the other clients are served (Lock, Semaphore, Event and Queue
--- calls do). The reply is {true, results..., n = count}
+-- args..., n = count}; it runs in a coroutine, so a method that would block
+-- yields instead (waiting calls of the locks, events, barriers and queues
+-- do) and is resumed by the loop after each round of requests and at least
+-- every RETRY seconds, while the other clients are served. The reply is {true, results..., n = count}
 -- or {false, {value = error, traceback = ...}}; the client turns the second
 -- into RemoteError (a luamp error keeps its type).
 --
@@ -293,7 +293,8 @@ local VALUE = {
 -- -- Locks, semaphores, events and queues ----------------------------------------------
 -- They are the real objects (in the server's shared arena). A call that
 -- would block yields to the loop instead, so the other clients are served,
--- and tries again every RETRY seconds until it succeeds or its timeout
+-- and tries again (after each round of requests, at least every RETRY
+-- seconds) until it succeeds or its timeout
 -- passes.
 
 local function check_wait_args(method, block, timeout)
