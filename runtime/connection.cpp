@@ -469,12 +469,21 @@ std::string hmac_sha256(std::string_view key, std::string_view msg) {
   return out;
 }
 
-// A handshake frame; the peer closing or sending nonsense is an
-// authentication failure, whatever the transport error was.
+// A peer that says nothing in the handshake for this long is turned away:
+// an accept() must not wait for ever on a client that connects and then
+// stays silent (a manager's server serves everyone from one loop), and a
+// Client with an authkey must not wait for ever on a Listener without one.
+constexpr double kHandshakeSeconds = 3;
+
+// A handshake frame; the peer closing, staying silent or sending nonsense
+// is an authentication failure, whatever the transport error was.
 std::string_view recv_handshake(Channel& ch) {
   try {
+    if (!ch.poll(kHandshakeSeconds))
+      fail(ErrType::AuthenticationError, "authkey challenge failed: no answer within %g s", kHandshakeSeconds);
     return ch.recv_frame(kMaxHandshake);
   } catch (const Error& e) {
+    if (e.type() == ErrType::AuthenticationError) throw;
     fail(ErrType::AuthenticationError, "authkey challenge failed: %s", e.what());
   }
 }

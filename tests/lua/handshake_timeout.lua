@@ -1,0 +1,57 @@
+-- luamp-test: once
+-- handshake_timeout.lua — an authkey handshake never waits for ever: a
+-- client that connects and says nothing is turned away by accept(), and a
+-- Client with an authkey that reaches a Listener without one gives up,
+-- each with AuthenticationError after a few seconds (CPython waits for
+-- ever in both cases; a manager's server, which serves everyone from one
+-- loop, would stall).
+local T = require("testlib")
+local mp = T.setup()
+local connection = mp.connection
+
+local function timed(fn, ...)
+  local t0 = mp.monotonic()
+  local ok, err = pcall(fn, ...)
+  return mp.monotonic() - t0, ok, err
+end
+
+do -- a silent client: accept() gives up
+  local listener = connection.Listener{ authkey = "key" }
+  local silent = connection.Client(listener.address)  -- no authkey: answers nothing
+  local waited, ok, err = timed(listener.accept, listener)
+  T.check(not ok and mp.is_error(err, "AuthenticationError"), "accept raised AuthenticationError: " .. tostring(err))
+  T.check(waited >= 2 and waited < 10, ("accept gave up after %.1f s"):format(waited))
+  silent:close()
+  -- and the Listener goes on serving well-behaved clients
+  local p = mp.Process{ target = function(address)
+    local c = connection.Client(address, nil, "key")
+    c:send("hello")
+    c:close()
+  end, args = { listener.address } }
+  p:start()
+  local c = listener:accept()
+  T.eq(c:recv(), "hello", "a later client is served")
+  p:join(10)
+  listener:close()
+end
+
+do -- a Client with an authkey facing a Listener without one gives up
+  local ready, address = mp.Event(), mp.Queue()
+  local p = mp.Process{ target = function(ready, address)
+    local listener = connection.Listener()  -- no authkey: sends no challenge
+    address:put(listener.address)
+    ready:set()
+    local c = listener:accept()
+    mp.sleep(8)
+    c:close()
+  end, args = { ready, address } }
+  p:start()
+  T.check(ready:wait(10), "the listener is up")
+  local waited, ok, err = timed(connection.Client, address:get(), nil, "key")
+  T.check(not ok and mp.is_error(err, "AuthenticationError"), "Client raised AuthenticationError: " .. tostring(err))
+  T.check(waited >= 2 and waited < 10, ("Client gave up after %.1f s"):format(waited))
+  p:kill()
+  p:join(10)
+end
+
+T.done()
