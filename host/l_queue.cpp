@@ -47,38 +47,44 @@ int put(void* q, std::string_view head, std::string_view body, int block, double
   return guarded([&] { return queue::put(handle(q), head, body, block != 0, timeout) ? 1 : 0; });
 }
 
-// core.queue_put_value(queue, obj, block, timeout) -> 1 put, 0 full, -1
-// error (see luamp_queue_error_*): a value that is not a scalar, encoded
-// into a reused buffer rather than a Lua string. `queue` is the cdata
-// (lua_topointer gives LuaJIT cdata's payload); the Lua side has checked it.
-int l_queue_put_value(lua_State* L) {
-  auto* q = static_cast<luamp_queue*>(const_cast<void*>(lua_topointer(L, 1)));
-  if (!q || lua_type(L, 1) != 10 /* LUA_TCDATA */) arg_type_error(L, "put", 1, "self", "a queue");
+// The payload of the cdata at idx (lua_topointer gives a LuaJIT cdata's
+// payload), or nullptr for anything else.
+void* cdata_at(lua_State* L, int idx) {
+  constexpr int kTypeCdata = 10;  // LuaJIT's type tag, absent from lua.h
+  return lua_type(L, idx) == kTypeCdata ? const_cast<void*>(lua_topointer(L, idx)) : nullptr;
+}
+
+// [-0, +1] Puts `head` followed by the value at `obj` serialized, with
+// block and timeout at obj + 1 and obj + 2; pushes put()'s result. The
+// encoding goes into a reused buffer (a huge one is not kept), never a Lua
+// string.
+int put_encoded(lua_State* L, void* q, std::string_view head, int obj, const char* role) {
   static std::string buf;
   buf.clear();
-  ser::encode(L, 2, buf, "item");
-  int rc = put(q, {}, buf, lua_toboolean(L, 3), lua_tonumber(L, 4));
+  ser::encode(L, obj, buf, role);
+  int rc = put(q, head, buf, lua_toboolean(L, obj + 1), lua_tonumber(L, obj + 2));
   if (buf.capacity() > (1u << 20)) std::string().swap(buf);
   lua_pushinteger(L, rc);
   return 1;
+}
+
+// core.queue_put_value(queue, obj, block, timeout) -> 1 put, 0 full, -1
+// error (see luamp_queue_error_*): a value that is not a scalar. `queue` is
+// the cdata; the Lua side has checked it.
+int l_queue_put_value(lua_State* L) {
+  void* q = cdata_at(L, 1);
+  if (!q) arg_type_error(L, "put", 1, "self", "a queue");
+  return put_encoded(L, q, {}, 2, "item");
 }
 
 // core.queue_put_framed(queue, head, head_len, obj, block, timeout) -> as
 // queue_put_value, the message being `head_len` bytes at `head` (a cdata)
 // followed by obj serialized: the pool's replies that are not all numbers.
 int l_queue_put_framed(lua_State* L) {
-  auto* q = static_cast<luamp_queue*>(const_cast<void*>(lua_topointer(L, 1)));
-  const auto* head = static_cast<const char*>(lua_topointer(L, 2));
-  if (!q || !head || lua_type(L, 1) != 10 || lua_type(L, 2) != 10)
-    arg_type_error(L, "queue_put_framed", 1, "queue, head", "cdata");
-  static std::string buf;
-  buf.clear();
-  ser::encode(L, 4, buf, "result");
-  int rc = put(q, {head, static_cast<size_t>(luaL_checkinteger(L, 3))}, buf, lua_toboolean(L, 5),
-               lua_tonumber(L, 6));
-  if (buf.capacity() > (1u << 20)) std::string().swap(buf);
-  lua_pushinteger(L, rc);
-  return 1;
+  void* q = cdata_at(L, 1);
+  const auto* head = static_cast<const char*>(cdata_at(L, 2));
+  if (!q || !head) arg_type_error(L, "queue_put_framed", 1, "queue, head", "cdata");
+  return put_encoded(L, q, {head, static_cast<size_t>(luaL_checkinteger(L, 3))}, 4, "result");
 }
 
 // core.queue_decode_held([skip]) -> the value serialized in the held

@@ -46,11 +46,7 @@ local RETRY = 0.005   -- seconds between retries of blocked requests
 local BACKLOG = 128
 local SPIN = 50e-6    -- seconds the loop polls after serving, before it sleeps
 
--- What travels back about an error: the value, and where it came from.
-function M.error_info(e)
-  return { value = e, traceback = debug.traceback(tostring(e), 2) }
-end
-local error_info = M.error_info
+local error_info = require("multiprocessing.remote_error").info
 
 -- -- dict: insertion-ordered, as Python's --------------------------------------------
 

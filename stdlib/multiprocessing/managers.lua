@@ -55,16 +55,8 @@ local function address_key(address)
   return tostring(address)
 end
 
--- The error the caller sees for a failed call: a luamp error keeps its
--- type; any other value arrives as RemoteError carrying it.
-local function to_error(info)
-  local v = info.value
-  if is_error(v) then
-    v.traceback = v.traceback or info.traceback
-    return v
-  end
-  return core.new_error("RemoteError", tostring(v), v, info.traceback)
-end
+local remote_error = require("multiprocessing.remote_error")
+local to_error = remote_error.to_error
 
 local function gone(st, why)
   conns[st.key] = nil
@@ -403,7 +395,7 @@ end
 function M._serve_child(reg, address, authkey, report, initializer, initargs)
   local ok, server = pcall(server_mod.new, reg, address, authkey)
   if not ok then
-    report:send({ error = server_mod.error_info(server) })
+    report:send({ error = remote_error.info(server) })
     return
   end
   if initializer then initializer(unpack(initargs or {}, 1, (initargs or {}).n)) end

@@ -20,6 +20,7 @@
 local core = require("luamp.core")
 local queues = require("multiprocessing.queues")
 local util = require("multiprocessing.util")
+local remote_error = require("multiprocessing.remote_error")
 
 local clock, dumps, loads = core.monotonic, core.dumps, core.loads
 local unpack = table.unpack or unpack
@@ -98,21 +99,7 @@ end
 
 -- -- Errors from workers -------------------------------------------------------------
 
--- What a worker sends about an error: the value, and where it came from.
-local function error_info(e)
-  return { value = e, traceback = debug.traceback(tostring(e), 2) }
-end
-
--- The error the caller sees: a luamp error keeps its type; any other value
--- arrives as RemoteError carrying it.
-local function to_error(info)
-  local v = info.value
-  if core.is_error(v) then
-    v.traceback = v.traceback or info.traceback
-    return v
-  end
-  return core.new_error("RemoteError", tostring(v), v, info.traceback)
-end
+local error_info, to_error = remote_error.info, remote_error.to_error
 
 local function report_callback_error(err)
   io.stderr:write("luamp: error in a Pool callback: ", debug.traceback(tostring(err), 2), "\n")
@@ -447,13 +434,11 @@ end
 
 -- A reply of numbers only: copied into the results from the queue's buffer.
 function AsyncResult:_store_numbers(index, p, count)
-  local src = ffi.cast("const double*", p)
   if self._kind == "apply" then
-    local t = { n = count }
-    for i = 0, count - 1 do t[i + 1] = src[i] end
-    self._results = t
+    self._results = unpack_numbers(p, count)
     return
   end
+  local src = ffi.cast("const double*", p)
   local results, start = self._results, self._starts[index] - 1
   for i = 1, count do results[start + i] = src[i - 1] end
 end
