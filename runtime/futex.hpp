@@ -42,8 +42,10 @@ inline int64_t deadline_after(double timeout) {
 }
 
 // Sleeps while *word == expected, until woken or the absolute deadline.
-// Returns false only when the deadline has passed.
+// Returns false only when the deadline has passed. A deadline already past
+// returns at once: the kernel would still sleep for the timer slack (~50 us).
 inline bool wait(uint32_t* word, uint32_t expected, int64_t deadline) {
+  if (deadline != kNoDeadline && now_ns() >= deadline) return false;
   timespec ts{deadline / 1000000000LL, deadline % 1000000000LL};
   long r = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected,
                    deadline == kNoDeadline ? nullptr : &ts, nullptr, FUTEX_BITSET_MATCH_ANY);

@@ -321,12 +321,6 @@ bool has_room(Header* q) {
   return q->maxsize == 0 || size(Handle{q, 0}) < q->maxsize;
 }
 
-// A futex wait whose deadline has passed still sleeps for the timer slack
-// (~50 us): look at the clock first.
-bool past(int64_t deadline) {
-  return deadline != futex::kNoDeadline && futex::now_ns() >= deadline;
-}
-
 int64_t deadline_of(bool block, double timeout) {
   return block && timeout >= 0 ? futex::deadline_after(timeout) : futex::kNoDeadline;
 }
@@ -401,10 +395,6 @@ bool put(Handle& h, std::string_view head, std::string_view body, bool block, do
     if (done) break;
     if (!block || expired) return false;
     if (futex::spin_until([q] { return has_room(q); }, kPutSpinNs, deadline)) continue;
-    if (past(deadline)) {
-      expired = true;
-      continue;
-    }
     u32 v = q->not_full.prepare();
     if (has_room(q)) continue;
     expired = !q->not_full.sleep(v, deadline);
@@ -430,10 +420,6 @@ bool get(Handle& h, Message& out, bool block, double timeout, bool spin) {
     }
     if (!block || expired) return false;
     if (spin && futex::spin_until([q] { return looks_nonempty(q); }, kGetSpinNs, deadline)) continue;
-    if (past(deadline)) {
-      expired = true;
-      continue;
-    }
     u32 v = q->not_empty.prepare();
     if (looks_nonempty(q)) continue;
     expired = !q->not_empty.sleep(v, deadline);
