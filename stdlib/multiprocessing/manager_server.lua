@@ -30,6 +30,7 @@
 -- not serve it.
 local core = require("luamp.core")
 local connection = require("multiprocessing.connection")
+local util = require("multiprocessing.util")
 
 local type, select, unpack, pairs, ipairs, tostring, xpcall, pcall, error =
   type, select, unpack, pairs, ipairs, tostring, xpcall, pcall, error
@@ -385,7 +386,7 @@ local QUEUE = {
 -- client (the Connection whose request runs: set by Server:_step), since
 -- every client's call runs in this one process. A client that goes away
 -- gives back the RLocks it held (Server:_drop), rather than wedging them.
-local current_client
+local current_client, current_server
 local rlocks = setmetatable({}, { __mode = "k" })
 
 local function rlock_new()
@@ -423,23 +424,56 @@ end
 
 local RLOCK = { acquire = rlock_acquire, release = rlock_release }
 
+-- How a Condition uses its lock: its own RLock or the same manager's RLock
+-- (owned per client, as above), or the same manager's Lock, which, as in
+-- Python, counts as owned when anyone holds it. save releases the lock fully
+-- for a wait and returns what restore needs to take it back.
+local RLOCK_USE = {
+  take = function(r, me) return rlock_take(r, me) end,
+  release = rlock_release,
+  owned = function(r, me) return r.owner == me end,
+  save = function(r)
+    local depth = r.count
+    r.owner, r.count = nil, 0
+    return depth
+  end,
+  restore = rlock_take,
+}
+
+local LOCK_USE = {
+  take = function(l) return l:acquire(false) end,
+  release = function(l) l:release() end,
+  owned = function(l)
+    if l:acquire(false) then
+      l:release()
+      return false
+    end
+    return true
+  end,
+  save = function(l) l:release() end,
+  restore = function(l) return l:acquire(false) end,
+}
+
 local function cond_owned(c, method)
-  if c.lock.owner ~= current_client then
+  if not c.use.owned(c.lock, current_client) then
     raise("AssertionError", ("Condition:%s: the lock is not held by this client"):format(method))
   end
 end
 
 local CONDITION = {
-  acquire = function(c, block, timeout) return rlock_acquire(c.lock, block, timeout) end,
-  release = function(c) return rlock_release(c.lock) end,
+  acquire = function(c, block, timeout)
+    check_wait_args("acquire", block, timeout)
+    local use, lock, me = c.use, c.lock, current_client
+    return retry_until(function() return use.take(lock, me) end, block, timeout)
+  end,
+  release = function(c) c.use.release(c.lock) end,
   -- Releases the lock fully, waits for a notify (or the timeout), takes the
-  -- lock back at the same depth; returns whether it was notified.
+  -- lock back as it was; returns whether it was notified.
   wait = function(c, timeout)
     check_wait_args("wait", nil, timeout)
     cond_owned(c, "wait")
-    local lock, me = c.lock, current_client
-    local depth = lock.count
-    lock.owner, lock.count = nil, 0
+    local use, lock, me = c.use, c.lock, current_client
+    local saved = use.save(lock)
     local token = { notified = false }
     c.waiters[#c.waiters + 1] = token
     local notified = retry_until(function() return token.notified end, true, timeout)
@@ -448,7 +482,7 @@ local CONDITION = {
         if t == token then table.remove(c.waiters, i) break end
       end
     end
-    retry_until(function() return rlock_take(lock, me, depth) end, true, nil)
+    retry_until(function() return use.restore(lock, me, saved) end, true, nil)
     return notified
   end,
   notify = function(c, n)
@@ -462,11 +496,20 @@ local CONDITION = {
   end,
 }
 
+-- Condition([lock]): lock, when given, is a Lock or RLock proxy of this
+-- manager (it arrives here as a proxy); the condition then uses that very
+-- lock, so acquiring the lock proxy and the condition are the same thing.
 local function condition_new(lock)
-  if lock ~= nil then
-    raise("ValueError", "Condition: a manager's Condition makes its own RLock (no lock argument)")
+  if lock == nil then return { lock = rlock_new(), use = RLOCK_USE, waiters = {} } end
+  local token = require("multiprocessing.managers")._token(lock)  -- lazily: it requires this module
+  if token == nil or token.ident ~= current_server.ident or (token.kind ~= "Lock" and token.kind ~= "RLock") then
+    raise("TypeError", ("Condition: argument #1 (lock) expected a Lock or RLock proxy of this manager, got %s")
+      :format(token and ("a %s proxy%s"):format(token.kind,
+        token.ident ~= current_server.ident and " of another manager" or "") or type(lock)))
   end
-  return { lock = rlock_new(), waiters = {} }
+  local obj = current_server.objects[token.id]
+  if obj == nil then raise("ValueError", ("Condition: the lock (id %s) was freed"):format(tostring(token.id))) end
+  return { lock = obj, use = token.kind == "RLock" and RLOCK_USE or LOCK_USE, waiters = {} }
 end
 
 -- JoinableQueue: a Queue of the arena and a count of unfinished tasks kept
@@ -603,7 +646,9 @@ Server.__mp_unsendable = "Server"
 
 local SERVER_OPS = {}
 
--- create(typeid, args...) -> id, proxy kind ("generic" or a built-in typeid)
+-- create(typeid, args...) -> id, proxy kind ("generic" or a built-in
+-- typeid), the server's ident. The caller's connection holds the one
+-- reference the new proxy owns.
 function SERVER_OPS.create(server, typeid, ...)
   local entry = server.registry[typeid]
   if type(typeid) ~= "string" or not entry then
@@ -621,13 +666,46 @@ function SERVER_OPS.create(server, typeid, ...)
   local id = server.next_id
   server.next_id = id + 1
   server.objects[id], server.methods[id], server.typeids[id] = obj, methods or false, typeid
-  return id, kind
+  server.refs[id] = 1
+  server:_own(current_client, id, 1)
+  return id, kind, server.ident
+end
+
+-- incref(id): a client is about to send a proxy of object id somewhere
+-- (a queue, a pipe, a child's arguments): the handle in flight holds a
+-- reference until its receiver adopts it.
+function SERVER_OPS.incref(server, id)
+  if server.objects[id] == nil or id == 0 then
+    raise("ValueError", ("cannot send a proxy of object %s: it was freed"):format(tostring(id)))
+  end
+  server.refs[id] = server.refs[id] + 1
+  server.inflight[id] = (server.inflight[id] or 0) + 1
 end
 
 function SERVER_OPS.ping() return "pong" end
 
+-- _debug_info() -> {objects = live objects, refs = references, clients =
+-- connections}, after a full collection (so only what is referred to counts).
+function SERVER_OPS._debug_info(server)
+  repeat collectgarbage() until not server:_release()  -- a freed container frees what it held
+  local objects, refs = 0, 0
+  for _, n in pairs(server.refs) do
+    objects, refs = objects + 1, refs + n
+  end
+  return { objects = objects, refs = refs, clients = #server.clients }
+end
+
 function SERVER_OPS.shutdown(server)
   server.running = false
+end
+
+-- Servers of this process by ident, for the proxies decoded and sent here.
+M.serving = {}
+util.register_after_fork(function() M.serving = {} end)
+
+local function ident_of(address)
+  local where = type(address) == "table" and tostring(address[1]) .. ":" .. tostring(address[2]) or tostring(address)
+  return ("%s|%d|%.9f"):format(where, core.getpid(), monotonic())
 end
 
 -- Server.new(registry, address, authkey): listens at once (nil address: a
@@ -635,17 +713,120 @@ end
 function M.new(registry, address, authkey)
   local listener = connection.Listener(address, nil, BACKLOG, authkey)
   local self = setmetatable({
-    registry = registry, listener = listener, address = listener.address,
+    registry = registry, listener = listener, address = listener.address, ident = ident_of(listener.address),
     objects = { [0] = false }, methods = { [0] = SERVER_OPS }, typeids = { [0] = "server" },
+    refs = {}, inflight = {}, owned = {}, released = {},
     next_id = 1, clients = {}, blocked = {}, idle = {}, running = false,
   }, Server)
   self.objects[0] = self
+  M.serving[self.ident] = self
   return self
+end
+
+-- -- References ---------------------------------------------------------------------
+-- refs[id] counts the references to object id; the object is freed when
+-- it falls to 0. They are held by client connections (owned[c][id]: a
+-- proxy in that process; dropped with the connection), by handles in
+-- flight (inflight[id]: sent, not yet adopted by their receiver) and by
+-- proxies decoded in this process (an argument, a value in a container).
+
+-- The ops a client piggybacks on a request (see managers.lua).
+local INCREF, ADOPT, DECREF = 1, 2, 3
+M.INCREF, M.ADOPT, M.DECREF = INCREF, ADOPT, DECREF
+
+function Server:_own(c, id, delta)
+  local t = self.owned[c]
+  if t == nil then
+    t = {}
+    self.owned[c] = t
+  end
+  local n = (t[id] or 0) + delta
+  t[id] = n > 0 and n or nil
+end
+
+function Server:_free(id)
+  self.objects[id], self.methods[id], self.typeids[id] = nil, nil, nil
+  self.refs[id], self.inflight[id] = nil, nil
+end
+
+function Server:_unref(id, n)
+  local left = self.refs[id]
+  if left == nil then return end
+  left = left - (n or 1)
+  if left > 0 then self.refs[id] = left else self:_free(id) end
+end
+
+-- Applies the ops {op, id, op, id, ...} that client c sent with a request.
+-- An op on a freed object, or a decref that c does not hold, changes nothing.
+function Server:_apply_refs(c, ops)
+  if type(ops) ~= "table" then return end
+  local refs, inflight = self.refs, self.inflight
+  for i = 1, #ops - 1, 2 do
+    local op, id = ops[i], ops[i + 1]
+    if refs[id] ~= nil then
+      if op == DECREF then
+        local t = self.owned[c]
+        if t and t[id] then
+          self:_own(c, id, -1)
+          self:_unref(id)
+        end
+      elseif op == INCREF or op == ADOPT then
+        if op == ADOPT and (inflight[id] or 0) > 0 then
+          inflight[id] = inflight[id] - 1
+        else
+          refs[id] = refs[id] + 1
+        end
+        self:_own(c, id, 1)
+      end
+    end
+  end
+end
+
+-- A proxy of object id is sent from this process: into the reply being
+-- encoded for a client (whose connection then holds the reference), or
+-- anywhere else (the reference travels in flight). Returns which.
+function Server:_ref_out(id)
+  local c = self.replying_to
+  if self.refs[id] ~= nil then
+    self.refs[id] = self.refs[id] + 1
+    if c then
+      self:_own(c, id, 1)
+    else
+      self.inflight[id] = (self.inflight[id] or 0) + 1
+    end
+  end
+  return c and "conn" or "inflight"
+end
+
+-- A proxy of object id was decoded in this process; `inflight` when its
+-- handle carried a reference (else the sender's proxy keeps the object
+-- alive until this one is counted, now).
+function Server:_hold(id, inflight)
+  if self.refs[id] == nil then return end
+  if inflight and (self.inflight[id] or 0) > 0 then
+    self.inflight[id] = self.inflight[id] - 1
+  else
+    self.refs[id] = self.refs[id] + 1
+  end
+end
+
+-- Decrefs the proxies of this process that were collected (their __gc
+-- only notes the id: it may run in the middle of a request). Returns
+-- whether there were any.
+function Server:_release()
+  local released = self.released
+  if #released == 0 then return false end
+  self.released = {}
+  for i = 1, #released do self:_unref(released[i]) end
+  return true
 end
 
 local function find_method(self, id, method)
   local obj = self.objects[id]
-  if obj == nil then raise("ValueError", ("no object with id %s in this manager"):format(tostring(id))) end
+  if obj == nil then
+    raise("ValueError", ("no object with id %s in this manager (freed when no proxy referred to it)")
+      :format(tostring(id)))
+  end
   local methods = self.methods[id]
   if methods then
     local fn = methods[method]
@@ -703,12 +884,16 @@ function Server:_drop(c)
   for i = #self.blocked, 1, -1 do
     if self.blocked[i].conn == c then table.remove(self.blocked, i) end
   end
+  for id, n in pairs(self.owned[c] or {}) do self:_unref(id, n) end
+  self.owned[c] = nil
   self.watch = nil
   pcall(c.close, c)
 end
 
 function Server:_reply(c, reply)
+  self.replying_to = c
   local ok, err = pcall(c.send, c, reply)
+  self.replying_to = nil
   if ok then return end
   if is_error(err, "SerializationError") then  -- nothing was sent: say why instead
     ok = pcall(c.send, c, { false, error_info(err), n = 2 })
@@ -721,9 +906,9 @@ end
 -- coroutine kept for the next one), a waiting one goes to `blocked` for the
 -- next retry.
 function Server:_step(c, co, ...)
-  current_client = c
+  current_client, current_server = c, self
   local ok, tag, reply = co_resume(co, ...)
-  current_client = nil
+  current_client, current_server = nil, nil
   if not ok then return self:_reply(c, { false, error_info(tag), n = 2 }) end
   if tag ~= DONE then
     self.blocked[#self.blocked + 1] = { conn = c, co = co }
@@ -742,6 +927,7 @@ function Server:_serve_client(c)
   if type(req) ~= "table" or type(req.n) ~= "number" then
     return self:_reply(c, { false, error_info(core.new_error("ValueError", "not a manager request")), n = 2 })
   end
+  if req.refs then self:_apply_refs(c, req.refs) end
   local idle = self.idle
   local co = idle[#idle] or co_create(request_loop)
   idle[#idle] = nil
@@ -823,12 +1009,14 @@ function Server:serve_forever()
       end
     end
     if #self.blocked > 0 then self:_retry_blocked() end
+    self:_release()
   end
   self:close()
 end
 
 function Server:close()
   self.running = false
+  M.serving[self.ident] = nil
   pcall(self.listener.close, self.listener)
   for _, c in ipairs(self.clients) do pcall(c.close, c) end
   self.clients, self.blocked = {}, {}

@@ -48,8 +48,6 @@ local STOP_TIMEOUT = 5    -- seconds for a server to end after shutdown
 local conns = {}       -- address key -> Connection
 local known_keys = {}  -- address key -> authkey given to a manager of this process
 
-util.register_after_fork(function() conns = {} end)
-
 local function address_key(address)
   if type(address) == "table" then return tostring(address[1]) .. ":" .. tostring(address[2]) end
   return tostring(address)
@@ -58,9 +56,67 @@ end
 local remote_error = require("multiprocessing.remote_error")
 local to_error = remote_error.to_error
 
+-- -- References, as the client keeps them ------------------------------------------------
+-- Each proxy owns one reference to its object (manager_server.lua counts
+-- them). A proxy made from a reply is held by the connection it came on; a
+-- proxy decoded from a handle in flight adopts that handle's reference. A
+-- collected proxy gives its reference back. None of this costs a round
+-- trip: the ops wait in pending[key] and ride on the next request to that
+-- manager (a __gc may run in the middle of a call, so it does no I/O).
+-- A proxy sent to its own manager carries no reference (the proxy here
+-- keeps the object alive until the server counts its copy); sent anywhere
+-- else, it first asks the manager for one (a round trip per send).
+-- References belong to a connection's epoch: when a connection is lost, or
+-- in a forked child, the live proxies are counted again on the new one.
+
+local INCREF, ADOPT, DECREF = server_mod.INCREF, server_mod.ADOPT, server_mod.DECREF
+local states = setmetatable({}, { __mode = "k" })  -- proxy -> {address, key, id, typeid, kind, epoch, ...}
+local epochs = {}    -- address key -> the token of the current connection's references
+local pending = {}   -- address key -> {op, id, op, id, ...} for the next request
+local routes = {}    -- address key -> a proxy state, to reach that manager at exit
+local sending_key    -- the key of the manager whose request is being encoded
+local receiving      -- the state whose call is reading a reply
+
+local function queue(key, op, id)
+  local ops = pending[key]
+  if ops == nil then
+    ops = {}
+    pending[key] = ops
+  end
+  ops[#ops + 1], ops[#ops + 2] = op, id
+end
+
+-- The current epoch of key; a new one counts every live proxy of key again.
+local function epoch(key)
+  local e = epochs[key]
+  if e then return e end
+  e = {}
+  epochs[key] = e
+  for _, st in pairs(states) do
+    if st.key == key and not st.server then
+      queue(key, INCREF, st.id)
+      st.epoch = e
+    end
+  end
+  return e
+end
+
+-- A connection that is lost takes its references with it (the server drops them).
+local function forget(key)
+  conns[key], epochs[key], pending[key] = nil, nil, nil
+end
+
+util.register_after_fork(function() conns, epochs, pending, routes = {}, {}, {}, {} end)
+
 local function gone(st, why)
-  conns[st.key] = nil
+  forget(st.key)
   raise("EOFError", ("the manager at %s is gone (%s)"):format(st.key, tostring(why)))
+end
+
+local function attach(key, c)
+  conns[key] = c
+  epoch(key)
+  return c
 end
 
 local function open(st)
@@ -74,40 +130,80 @@ local function open(st)
     if is_error(c, "OSError") then gone(st, c) end
     error(c, 0)
   end
-  conns[st.key] = c
-  return c
+  return attach(st.key, c)
+end
+
+-- Puts back ops that were not sent, ahead of those queued since.
+local function requeue(key, ops)
+  local since = pending[key]
+  if since then
+    for i = 1, #since do ops[#ops + 1] = since[i] end
+  end
+  pending[key] = ops
+end
+
+local function send(st, c, req)
+  local outer = sending_key
+  sending_key = st.key
+  local ok, err = pcall(c.send, c, req)
+  sending_key = outer
+  if ok then return end
+  if is_error(err, "OSError") then
+    pcall(c.close, c)
+    gone(st, err)
+  end
+  if req.refs then requeue(st.key, req.refs) end
+  error(err, 0)  -- e.g. SerializationError: nothing was sent
+end
+
+local function receive(st, c)
+  local outer = receiving
+  receiving = st
+  local ok, reply = pcall(c.recv, c)
+  receiving = outer
+  if ok then return reply end
+  if is_error(reply, "EOFError") or is_error(reply, "OSError") then
+    pcall(c.close, c)
+    gone(st, reply)
+  end
+  error(reply, 0)
 end
 
 -- call(st, method, args...) -> the method's results, on object st.id
 local function call(st, method, ...)
-  local c = conns[st.key] or open(st)
+  local key = st.key
+  local c = conns[key] or open(st)
   local req = { st.id, method, ... }
   req.n = select("#", ...) + 2
-  local ok, err = pcall(c.send, c, req)
-  if not ok then
-    if is_error(err, "OSError") then
-      pcall(c.close, c)
-      gone(st, err)
-    end
-    error(err, 0)  -- e.g. SerializationError: nothing was sent
-  end
-  local reply
-  ok, reply = pcall(c.recv, c)
-  if not ok then
-    if is_error(reply, "EOFError") or is_error(reply, "OSError") then
-      pcall(c.close, c)
-      gone(st, reply)
-    end
-    error(reply, 0)
-  end
+  local ops = pending[key]
+  if ops then req.refs, pending[key] = ops, nil end
+  send(st, c, req)
+  local reply = receive(st, c)
   if reply[1] then return unpack(reply, 2, reply.n) end
   error(to_error(reply[2]), 0)
 end
 
+-- Object 0 of st's manager: the server itself.
+local function server_of(st)
+  return { address = st.address, key = st.key, id = 0, authkey = st.authkey, arena = st.arena }
+end
+
+-- At exit, adopted references that never rode on a request are given back
+-- (the others go with the connection).
+util.at_exit(function()
+  for key, ops in pairs(pending) do
+    for i = 1, #ops, 2 do
+      if ops[i] == ADOPT then
+        pcall(call, server_of(routes[key]), "ping")
+        break
+      end
+    end
+  end
+end)
+
 -- -- Proxies ------------------------------------------------------------------------------
 
-local states = setmetatable({}, { __mode = "k" })  -- proxy -> {address, key, id, typeid, kind, ...}
-local protos = {}                                  -- kind -> the userdata whose metatable proxies share
+local protos = {}  -- kind -> the userdata whose metatable proxies share
 
 local function state_of(p)
   local st = states[p]
@@ -120,21 +216,50 @@ local function is_proxy(v)
 end
 M.is_proxy = is_proxy
 
+-- _token(p) -> {ident, id, kind} of a proxy, or nil (for the server's Condition(lock)).
+function M._token(p)
+  local st = type(p) == "userdata" and states[p]
+  if st then return { ident = st.ident, id = st.id, kind = st.kind } end
+end
+
 -- A method that calls `name` on the proxy's object.
 local function remote(name)
   return function(self, ...) return call(state_of(self), name, ...) end
 end
 
+-- The reference a handle of st takes with it: see "References" above.
+local function take_ref(st)
+  local server = server_mod.serving[st.ident]
+  if server then return server:_ref_out(st.id) end
+  if sending_key == st.key then return nil end
+  call(server_of(st), "incref", st.id)
+  return "inflight"
+end
+
 local function reduce(p)
   local st = states[p]
   if st == nil then raise("SerializationError", "cannot send a proxy prototype") end
-  local payload = { address = st.address, id = st.id, typeid = st.typeid, kind = st.kind, arena = st.arena }
+  local payload = { address = st.address, id = st.id, typeid = st.typeid, kind = st.kind, arena = st.arena,
+                    ident = st.ident }
   if st.authkey ~= process.authkey() then payload.authkey = st.authkey end
+  payload.ref = take_ref(st)
   return "Proxy", payload
 end
 
+-- __gc: gives the proxy's reference back, later (see "References").
+local function release(p)
+  local st = states[p]
+  if st == nil then return end
+  local server = st.server
+  if server then
+    server.released[#server.released + 1] = st.id
+  elseif st.epoch ~= nil and st.epoch == epochs[st.key] then
+    queue(st.key, DECREF, st.id)
+  end
+end
+
 local function make_proxy(st)
-  st.key = address_key(st.address)
+  st.key = st.key or address_key(st.address)
   local p = newproxy(protos[st.kind] or protos.generic)
   states[p] = st
   return p
@@ -145,6 +270,7 @@ local function define(kind, name, meta)
   local mt = getmetatable(proto)
   for k, v in pairs(meta) do mt[k] = v end
   mt.__mp_reduce = reduce
+  mt.__gc = release
   mt.__tostring = function(p)
     local st = states[p]
     return ("<%s proxy of '%s' id=%s at %s>"):format(name, st.typeid, tostring(st.id), st.key)
@@ -256,7 +382,33 @@ methods_proxy("Queue", { "put", "get", "put_nowait", "get_nowait", "qsize", "emp
 methods_proxy("JoinableQueue", { "put", "get", "put_nowait", "get_nowait", "qsize", "empty", "full",
                                  "task_done", "join" })
 methods_proxy("RLock", { "acquire", "release" }, { with = with })
-methods_proxy("Condition", { "acquire", "release", "wait", "notify", "notify_all" }, { with = with })
+-- cond:wait_for(predicate [, timeout]) -> the predicate's last result. As
+-- in Python, the predicate runs here, between waits in the server, each
+-- given what is left of the timeout.
+local function wait_for(self, predicate, timeout)
+  local pt = type(predicate)
+  if pt ~= "function" and not (pt == "table" and getmetatable(predicate) and getmetatable(predicate).__call) then
+    raise("TypeError", "Condition:wait_for: argument #1 (predicate) expected a function, got " .. pt)
+  end
+  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
+    raise("ValueError", "Condition:wait_for: timeout must be a non-negative number or nil")
+  end
+  local deadline = timeout and core.monotonic() + timeout
+  local result = predicate()
+  while not result do
+    local left
+    if deadline then
+      left = deadline - core.monotonic()
+      if left <= 0 then break end
+    end
+    self:wait(left)
+    result = predicate()
+  end
+  return result
+end
+
+methods_proxy("Condition", { "acquire", "release", "wait", "notify", "notify_all" },
+              { with = with, wait_for = wait_for })
 methods_proxy("Barrier", { "wait", "abort", "reset" })
 -- Python's Barrier has parties, n_waiting and broken as attributes.
 do
@@ -285,9 +437,26 @@ define("generic", "BaseProxy", {
 
 local registry = debug.getregistry()
 registry["luamp.handles"] = registry["luamp.handles"] or {}
+-- A handle decoded here: from a reply (held by the connection it came on),
+-- in this process's server (held by it), or in flight (adopted here).
 registry["luamp.handles"].Proxy = function(payload)
-  return make_proxy({ address = payload.address, id = payload.id, typeid = payload.typeid,
-                      kind = payload.kind, arena = payload.arena, authkey = payload.authkey })
+  local st = { address = payload.address, id = payload.id, typeid = payload.typeid, kind = payload.kind,
+               arena = payload.arena, authkey = payload.authkey, ident = payload.ident }
+  local server = server_mod.serving[st.ident]
+  if payload.ref == "conn" then
+    local via = receiving
+    st.address, st.key, st.arena, st.authkey = via.address, via.key, via.arena, via.authkey
+    st.epoch = epochs[via.key]
+  elseif server then
+    server:_hold(st.id, payload.ref == "inflight")
+    st.server = server
+  else
+    st.key = address_key(st.address)
+    st.epoch = epoch(st.key)
+    queue(st.key, ADOPT, st.id)
+    routes[st.key] = st
+  end
+  return make_proxy(st)
 end
 
 -- -- BaseManager ------------------------------------------------------------------------
@@ -381,9 +550,9 @@ function BaseManager:_create(typeid, ...)
     raise("ValueError", ("%s: the manager is neither started nor connected"):format(typeid))
   end
   local st = self._server or server_state(self)
-  local id, kind = call(st, "create", typeid, ...)
-  return make_proxy({ address = self.address, id = id, typeid = typeid, kind = kind,
-                      arena = core.shm_id(), authkey = self._authkey })
+  local id, kind, ident = call(st, "create", typeid, ...)
+  return make_proxy({ address = self.address, key = st.key, id = id, typeid = typeid, kind = kind,
+                      arena = core.shm_id(), authkey = self._authkey, ident = ident, epoch = epochs[st.key] })
 end
 
 -- Module-level and without upvalues: what spawn and forkserver children
@@ -443,9 +612,7 @@ end
 function BaseManager:connect()
   if self._state ~= "initial" then raise("ValueError", "connect: the manager was already started or connected") end
   local st = server_state(self)
-  if conns[st.key] == nil then
-    conns[st.key] = connection.Client(self.address, nil, self._authkey)
-  end
+  if conns[st.key] == nil then attach(st.key, connection.Client(self.address, nil, self._authkey)) end
   known_keys[st.key] = self._authkey
   call(st, "ping")
   self._server, self._state = st, "connected"
@@ -470,16 +637,21 @@ function BaseManager:shutdown()
   local st = self._server
   pcall(call, st, "shutdown")
   local c = conns[st.key]
-  if c then
-    conns[st.key] = nil
-    pcall(c.close, c)
-  end
+  forget(st.key)
+  if c then pcall(c.close, c) end
   local proc = self._process
   proc:join(STOP_TIMEOUT)
   if proc.exitcode == nil then
     proc:terminate()
     proc:join(STOP_TIMEOUT)
   end
+end
+
+-- m:_debug_info() -> {objects, refs, clients} as the server counts them now
+-- (after a full collection there), for tests of the reference counts.
+function BaseManager:_debug_info()
+  if self._server == nil then raise("ValueError", "_debug_info: the manager is neither started nor connected") end
+  return call(self._server, "_debug_info")
 end
 
 -- m:join([timeout]): waits for the server process to end.
