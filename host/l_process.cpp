@@ -78,7 +78,7 @@ int l_popen_signal(lua_State* L) {
 
 // popen:sentinel() -> fd readable once the process has ended
 int l_popen_sentinel(lua_State* L) {
-  lua_pushinteger(L, check_child(L).pidfd);
+  lua_pushinteger(L, proc::sentinel(check_child(L)));
   return 1;
 }
 

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "errors.hpp"
+#include "futex.hpp"
 #include "process.hpp"
 
 namespace luamp::forkserver {
@@ -264,7 +265,10 @@ pid_t make_idle_child(Server& s, std::string* payload, std::vector<int>* work_fd
     close(sv[0]);
     sigprocmask(SIG_SETMASK, &s.old_mask, nullptr);
     proc::init_child(server);
-    s.warm_up();
+    // Warming up copies now the pages a payload will write, on a CPU the
+    // parent is not using. With a single usable CPU it would only add a
+    // decode of the sample to the work every start waits for.
+    if (futex::several_cpus()) s.warm_up();
     *payload = idle_child_wait(sv[1], work_fds);
     return 0;
   }

@@ -16,9 +16,11 @@
 // child it reaps. The first client message is the configuration (bytes of
 // the serializer, read by the stdlib). On the work channel the client writes
 // a WorkHeader (payload length, number of fds) with the fds that go with the
-// payload attached (SCM_RIGHTS), then the payload; the child writes its 4-byte exit code just
-// before it exits, so a normal join needs no hop through the server; after a
-// signal the code comes from STATUS.
+// payload attached (SCM_RIGHTS), then the payload; the child closes its other
+// fds and writes its 4-byte exit code just before it exits, so a normal join
+// needs no hop through the server and no wait for the kernel's teardown of
+// the child (the channel is the Process's sentinel); after a signal the
+// code comes from STATUS.
 #pragma once
 #include <sys/types.h>
 
@@ -37,8 +39,8 @@ bool running();
 // child; returns its pid, registered in proc as Method::forkserver. Blocks
 // only if no idle child is ready yet.
 pid_t dispatch(std::string_view payload, const std::vector<int>& fds = {});
-// The exit code of a forkserver child whose pidfd became readable and that
-// reported nothing itself (it died by a signal).
+// The exit code of a forkserver child that ended without reporting it
+// itself (it died by a signal).
 int await_status(pid_t pid);
 // Stops the server and its idle children (exit procedure).
 void stop();

@@ -10,6 +10,8 @@
 #include "pidfd.hpp"
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,6 +23,7 @@
 
 #include "errors.hpp"
 #include "forkserver.hpp"
+#include "futex.hpp"
 #include "shm.hpp"
 
 extern char** environ;
@@ -89,13 +92,14 @@ bool reap_direct(Child& c, int options) {
 }
 
 // A forkserver child has ended: its own report, else the server's STATUS.
+// The report is peeked, not taken: it keeps the channel, which is the
+// sentinel, readable.
 void reap_forkserver_child(Child& c) {
   int code;
   ssize_t n;
-  do n = recv(c.chan, &code, sizeof code, MSG_DONTWAIT);
+  do n = recv(c.chan, &code, sizeof code, MSG_DONTWAIT | MSG_PEEK);
   while (n < 0 && errno == EINTR);
   mark_reaped(c, n == sizeof code ? code : forkserver::await_status(c.pid));
-  close_fd(c.chan);
 }
 
 void collect(Child& c) {
@@ -103,7 +107,6 @@ void collect(Child& c) {
   else reap_direct(c, 0);
 }
 
-// Waits for the pidfd to become readable; false on timeout.
 // How long a waiter polls before it sleeps (a child that takes longer costs
 // its joiner at most this much CPU). Waking a sleeping process on a
 // VM costs 50-150 us when its vCPU has gone idle, more than a short child
@@ -112,38 +115,44 @@ void collect(Child& c) {
 // waiter sleeps at once.
 constexpr double kSpinSeconds = 1e-3;
 
-double spin_budget() {
-  static const double budget = [] {
-    cpu_set_t set;
-    bool several = sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 1;
-    return several ? kSpinSeconds : 0.0;
-  }();
-  return budget;
+double spin_budget() { return futex::several_cpus() ? kSpinSeconds : 0.0; }
+
+// The fds whose readiness says `c` has ended: its sentinel, and the pidfd
+// too in case a forkserver child's channel was inherited by a process that
+// outlives it (the pidfd never is).
+int end_fds(const Child& c, pollfd* p) {
+  p[0] = {c.pidfd, POLLIN, 0};
+  if (sentinel(c) == c.pidfd) return 1;
+  p[1] = {c.chan, POLLIN, 0};
+  return 2;
 }
 
-bool spin_readable(int fd, double budget) {
+bool spin_readable(const Child& c, double budget) {
   double until = now_monotonic() + budget;
+  pollfd p[2];
+  int n = end_fds(c, p);
   do {
-    pollfd p{fd, POLLIN, 0};
-    if (::poll(&p, 1, 0) > 0) return true;
+    if (::poll(p, n, 0) > 0) return true;
     sched_yield();
   } while (now_monotonic() < until);
   return false;
 }
 
-bool wait_readable(int fd, double timeout) {
+// Waits until `c` has ended; false on timeout.
+bool wait_ended(const Child& c, double timeout) {
   double spin = spin_budget();
-  if (timeout != 0 && spin > 0 && spin_readable(fd, timeout < 0 || timeout > spin ? spin : timeout))
+  if (timeout != 0 && spin > 0 && spin_readable(c, timeout < 0 || timeout > spin ? spin : timeout))
     return true;
   double deadline = timeout < 0 ? 0 : now_monotonic() + timeout;
+  pollfd p[2];
+  int n = end_fds(c, p);
   for (;;) {
     int ms = -1;
     if (timeout >= 0) {
       double left = deadline - now_monotonic();
       ms = left <= 0 ? 0 : static_cast<int>(left * 1000.0 + 0.999);
     }
-    pollfd p{fd, POLLIN, 0};
-    int r = ::poll(&p, 1, ms);
+    int r = ::poll(p, n, ms);
     if (r > 0) return true;
     if (r == 0) {
       if (timeout >= 0 && now_monotonic() >= deadline) return false;
@@ -153,11 +162,23 @@ bool wait_readable(int fd, double timeout) {
   }
 }
 
+// /dev/null, opened by the first process that starts a child and inherited
+// by the children it forks: an open() in every child was a path lookup per
+// start (5% of a fork-start-join). fstat() guards against the fd having been
+// closed and its number reused behind our back.
+int g_devnull = -1;
+
+int devnull() {
+  struct stat st;
+  if (g_devnull >= 0 && fstat(g_devnull, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3))
+    return g_devnull;
+  g_devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  return g_devnull;
+}
+
 void redirect_stdin_to_devnull() {
-  int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;
-  dup2(fd, 0);
-  close(fd);
+  int fd = devnull();
+  if (fd >= 0) dup2(fd, 0);
 }
 
 }  // namespace
@@ -204,8 +225,13 @@ void init_child(pid_t parent, bool keep_stdin) {
 
 bool is_child() { return g_is_child; }
 
+int sentinel(const Child& c) {
+  return c.method == Method::forkserver && c.chan >= 0 ? c.chan : c.pidfd;
+}
+
 pid_t fork_child(Method method) {
   shm::ensure();  // parent and child share one arena from here on
+  if (method != Method::raw) devnull();
   fflush(nullptr);
   pid_t parent = getpid();
   pid_t pid = fork();
@@ -308,6 +334,11 @@ void set_exit_report_fd(int fd) { g_exit_report_fd = fd; }
 
 void report_exit(int code) {
   if (g_exit_report_fd < 0) return;
+  // A joiner returns on this report, before the kernel has torn the process
+  // down: close every other fd first, so that it then finds the pipes and
+  // sockets this child held at end-of-file, as after a real exit.
+  close_range(0, static_cast<unsigned>(g_exit_report_fd) - 1, 0);
+  close_range(static_cast<unsigned>(g_exit_report_fd) + 1, ~0U, 0);
   ssize_t n;
   do n = send(g_exit_report_fd, &code, sizeof code, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
@@ -335,7 +366,7 @@ std::optional<int> wait(Child& c, double timeout) {
     }
     return c.exitcode;
   }
-  if (!wait_readable(c.pidfd, timeout)) return std::nullopt;
+  if (!wait_ended(c, timeout)) return std::nullopt;
   collect(c);
   return c.exitcode;
 }

@@ -28,7 +28,7 @@ enum class Method { fork, spawn, forkserver, raw };
 
 struct Child {
   pid_t pid = -1;
-  int pidfd = -1;   // readable once the process has ended: the sentinel
+  int pidfd = -1;   // readable once the process has ended
   int chan = -1;    // forkserver children: where they report their exit code
   Method method = Method::fork;
   bool reaped = false;
@@ -41,6 +41,10 @@ struct Child {
 Child& add_child(pid_t pid, int pidfd, Method method, int chan = -1);
 // Returns nullptr when pid is not (or no longer) this process's child.
 Child* find_child(pid_t pid);
+// The fd readable once `c` has ended (Process.sentinel): a forkserver
+// child's report channel (the report comes just before its exit, see
+// report_exit), else its pidfd.
+int sentinel(const Child& c);
 // Closes the child's fds and forgets it. Effects: an unreaped fork/spawn
 // child is reaped first if it has ended, so no zombie is left behind.
 void release_child(pid_t pid);
@@ -83,7 +87,8 @@ bool is_child();
 
 // A forkserver child reports its exit code on this fd just before exiting.
 void set_exit_report_fd(int fd);
-// Called by the exit procedure with the final code.
+// Called by the exit procedure with the final code: closes every other fd,
+// then reports.
 void report_exit(int code);
 
 // -- Waiting -----------------------------------------------------------------

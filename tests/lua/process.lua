@@ -123,6 +123,23 @@ do
   T.eq(p.exitcode, -9, "kill gives -SIGKILL")
 end
 
+-- join returns once the child is done with everything it held: a Pipe end
+-- it kept open is closed by then (forkserver children report their exit
+-- before the kernel tears them down, so this is not a given there).
+do
+  for round = 1, 20 do
+    local a, b = mp.Pipe()
+    local p = mp.Process{target = function(conn) conn:send(round) end, args = {b}}
+    p:start()
+    b:close()
+    p:join()
+    T.eq(a:recv(), round, "message sent before exit")
+    if not a:poll() then T.check(false, "round " .. round .. ": the child's end is closed once join returned") break end
+    T.checkerr("EOFError", nil, a.recv, a)
+    a:close()
+  end
+end
+
 -- -- join timeouts -------------------------------------------------------------------
 
 do
