@@ -17,10 +17,10 @@
 -- or {false, {value = error, traceback = ...}}; the client turns the second
 -- into RemoteError (a luamp error keeps its type).
 --
--- Objects live in a table by id until the server ends: there is no
--- reference counting (a proxy that is dropped does not free its object).
--- Object 0 is the server itself, with the operations create, ping and
--- shutdown.
+-- Objects live in a table by id while they are referred to ("References"
+-- below): a request may carry a client's reference ops (req.refs), applied
+-- before it runs. Object 0 is the server itself, with the operations
+-- create, incref, ping, _debug_info and shutdown.
 --
 -- Error policy: nothing a client sends stops the server. An error in a
 -- method goes back to the caller; a request that cannot be decoded gets an
@@ -383,7 +383,8 @@ local QUEUE = {
 }
 
 -- RLock and Condition live in the server as Lua state with an owner per
--- client (the Connection whose request runs: set by Server:_step), since
+-- client (the Connection whose request runs, and its server: set by
+-- Server:_step), since
 -- every client's call runs in this one process. A client that goes away
 -- gives back the RLocks it held (Server:_drop), rather than wedging them.
 local current_client, current_server
@@ -756,21 +757,25 @@ function Server:_unref(id, n)
   if left > 0 then self.refs[id] = left else self:_free(id) end
 end
 
--- Applies the ops {op, id, op, id, ...} that client c sent with a request.
--- An op on a freed object, or a decref that c does not hold, changes nothing.
+-- Applies the ops {[INCREF] = ids, [ADOPT] = ids, [DECREF] = ids} that
+-- client c sent with a request, increments first (so no count dips below
+-- what is held). An op on a freed object, or a decref that c does not
+-- hold, changes nothing.
 function Server:_apply_refs(c, ops)
   if type(ops) ~= "table" then return end
   local refs, inflight = self.refs, self.inflight
-  for i = 1, #ops - 1, 2 do
-    local op, id = ops[i], ops[i + 1]
-    if refs[id] ~= nil then
-      if op == DECREF then
+  for op = INCREF, DECREF do
+    local ids = ops[op]
+    for i = 1, type(ids) == "table" and #ids or 0 do
+      local id = ids[i]
+      if refs[id] == nil then  -- freed, or not an object id: nothing to count
+      elseif op == DECREF then
         local t = self.owned[c]
         if t and t[id] then
           self:_own(c, id, -1)
           self:_unref(id)
         end
-      elseif op == INCREF or op == ADOPT then
+      else
         if op == ADOPT and (inflight[id] or 0) > 0 then
           inflight[id] = inflight[id] - 1
         else

@@ -18,15 +18,20 @@
 -- one Connection per manager address, lazily, on its first call. Calls are
 -- synchronous request/reply on that Connection. Values read through a
 -- proxy are copies; a proxy stored in a dict or list proxy stays a proxy.
+-- Objects are reference counted, as in Python: one is freed when no proxy
+-- in any process, container or message in flight refers to it any more
+-- ("References" below; m:_debug_info() shows the server's counts).
 --
--- Differences from Python: no reference counting (objects live until the
--- server ends); a method that fails in the server raises RemoteError in the
+-- Differences from Python: a proxy sent anywhere but to its own manager
+-- takes a reference first (a round trip), so a proxy in a queue cannot be
+-- freed before its receiver has it; a method that fails in the server raises RemoteError in the
 -- caller (a luamp error keeps its type); a proxy call to a server that is
 -- shut down or dead raises EOFError at once. mp.Manager() starts its
 -- server with the current start method, ctx.Manager() with the context's,
 -- BaseManager{ctx = ...} with the one given.
 -- Fork safety: a forked child opens its own connections (the parent's are
--- forgotten after fork) and does not shut down its parent's managers.
+-- forgotten after fork), counts the proxies it inherited as its own on
+-- them, and does not shut down its parent's managers.
 local core = require("luamp.core")
 local class = require("multiprocessing.class")
 local connection = require("multiprocessing.connection")
@@ -72,18 +77,23 @@ local to_error = remote_error.to_error
 local INCREF, ADOPT, DECREF = server_mod.INCREF, server_mod.ADOPT, server_mod.DECREF
 local states = setmetatable({}, { __mode = "k" })  -- proxy -> {address, key, id, typeid, kind, epoch, ...}
 local epochs = {}    -- address key -> the token of the current connection's references
-local pending = {}   -- address key -> {op, id, op, id, ...} for the next request
+local pending = {}   -- address key -> {[op] = {id, ...}} for the next request
 local routes = {}    -- address key -> a proxy state, to reach that manager at exit
 local sending_key    -- the key of the manager whose request is being encoded
 local receiving      -- the state whose call is reading a reply
 
+-- Each op is one store into its own list, so a __gc that runs while this
+-- allocates (and queues a DECREF itself) cannot tear an entry. The server
+-- applies the increments first, so this order is safe.
 local function queue(key, op, id)
   local ops = pending[key]
   if ops == nil then
-    ops = {}
+    local new = { {}, {}, {} }  -- INCREF, ADOPT, DECREF
+    ops = pending[key] or new   -- a __gc run by that allocation may have queued
     pending[key] = ops
   end
-  ops[#ops + 1], ops[#ops + 2] = op, id
+  local list = ops[op]
+  list[#list + 1] = id
 end
 
 -- The current epoch of key; a new one counts every live proxy of key again.
@@ -93,7 +103,7 @@ local function epoch(key)
   e = {}
   epochs[key] = e
   for _, st in pairs(states) do
-    if st.key == key and not st.server then
+    if st.key == key and not st.server and not st.dead then
       queue(key, INCREF, st.id)
       st.epoch = e
     end
@@ -133,11 +143,14 @@ local function open(st)
   return attach(st.key, c)
 end
 
--- Puts back ops that were not sent, ahead of those queued since.
+-- Puts back ops that were not sent, with those queued since.
 local function requeue(key, ops)
   local since = pending[key]
   if since then
-    for i = 1, #since do ops[#ops + 1] = since[i] end
+    for op = INCREF, DECREF do
+      local list = ops[op]
+      for _, id in ipairs(since[op]) do list[#list + 1] = id end
+    end
   end
   pending[key] = ops
 end
@@ -192,12 +205,7 @@ end
 -- (the others go with the connection).
 util.at_exit(function()
   for key, ops in pairs(pending) do
-    for i = 1, #ops, 2 do
-      if ops[i] == ADOPT then
-        pcall(call, server_of(routes[key]), "ping")
-        break
-      end
-    end
+    if #ops[ADOPT] > 0 then pcall(call, server_of(routes[key]), "ping") end
   end
 end)
 
@@ -250,6 +258,7 @@ end
 local function release(p)
   local st = states[p]
   if st == nil then return end
+  st.dead = true
   local server = st.server
   if server then
     server.released[#server.released + 1] = st.id
