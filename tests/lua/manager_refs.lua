@@ -3,8 +3,9 @@
 -- them); an object stays while any proxy can use it: one in a queue after
 -- the sender dropped its own, one stored in a dict, one held by a child;
 -- a container that is freed frees what it held; a SIGKILLed child's
--- references go with its connection; a proxy of a freed object (only
--- possible through misuse) raises a clear error.
+-- references go with its connection; a proxy of one manager stored in
+-- another's dict is kept by that server until it ends; a proxy of a freed
+-- object (only possible through misuse) raises a clear error.
 local T = require("testlib")
 local mp = T.setup()
 
@@ -95,6 +96,25 @@ T.case("a child's references: kept while it lives, dropped when it is killed", f
   p:kill()
   p:join(10)
   T.eq(settles_to(base + 2), base + 2, "the killed child's references are dropped")
+end)
+
+T.case("a proxy of another manager stored in a dict", function()
+  local a, b = mp.Manager(), mp.Manager()
+  local d = b:dict()
+  d.foreign = a:list({ 5 })
+  T.eq(a:_debug_info().objects, 1, "b's server holds a's list for its dict")
+  local l = d.foreign  -- b's server takes a reference from a for the reply
+  l:append(6)
+  T.eq(#l, 2, "read back through b, it works")
+  d.foreign = nil
+  T.eq(#l, 2, "kept by the proxy read back")
+  l = nil
+  b:shutdown()
+  collectgarbage()
+  local t0 = mp.monotonic()
+  while a:_debug_info().objects > 0 and mp.monotonic() - t0 < 10 do mp.sleep(0.02) end
+  T.eq(a:_debug_info().objects, 0, "b's references went with its server")
+  a:shutdown()
 end)
 
 T.case("a proxy of a freed object raises a clear error", function()
