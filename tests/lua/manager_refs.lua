@@ -2,7 +2,8 @@
 -- their objects (the server's object count stays small over 10,000 of
 -- them); an object stays while any proxy can use it: one in a queue after
 -- the sender dropped its own, one stored in a dict, one held by a child;
--- a container that is freed frees what it held; a SIGKILLed child's
+-- a container that is freed frees what it held; a child that ends gives
+-- back what it received even unused, and a SIGKILLed child's
 -- references go with its connection; a proxy of one manager stored in
 -- another's dict is kept by that server until it ends; a proxy of a freed
 -- object (only possible through misuse) raises a clear error.
@@ -76,6 +77,14 @@ T.case("a proxy stored in a dict lives while it is stored", function()
   T.eq(objects(), base + 3, "a dict in a dict with a list in it")
   d = nil
   T.eq(objects(), base, "freeing a container frees what it held")
+end)
+
+T.case("a proxy a child received and never used is given back at its exit", function()
+  do
+    local p = start(function(l) return l end, m:list())
+    join_all({ p })
+  end
+  T.eq(objects(), base, "freed once the child ended and the parent's copy went")
 end)
 
 T.case("a child's references: kept while it lives, dropped when it is killed", function()
