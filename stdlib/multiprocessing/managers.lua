@@ -73,6 +73,11 @@ local to_error = remote_error.to_error
 -- else, it first asks the manager for one (a round trip per send).
 -- References belong to a connection's epoch: when a connection is lost, or
 -- in a forked child, the live proxies are counted again on the new one.
+-- Limits: a process that makes no more requests to a manager keeps its
+-- collected proxies' references until it ends; a server holding proxies of
+-- another manager (values in its dict) asks that manager for a reference
+-- whenever it sends one out, so two servers doing that to each other at the
+-- same moment would wait on each other.
 
 local INCREF, ADOPT, DECREF = server_mod.INCREF, server_mod.ADOPT, server_mod.DECREF
 local states = setmetatable({}, { __mode = "k" })  -- proxy -> {address, key, id, typeid, kind, epoch, ...}
