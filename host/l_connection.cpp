@@ -8,19 +8,23 @@
 // Listener and Client.
 //
 // Provides: core.conn_pipe(duplex), core.conn_wrap(fd, readable, writable,
-//           trusted [, buffered]), core.conn_metatable() -> mt, methods,
-//           core.conn_listen(...), core.conn_connect(...), core.conn_wait(fds,
-//           timeout), core.conn_fd_id(fd), core.conn_fd_from_process(...).
+//           trusted [, buffered [, ring_fd, side]]), core.conn_metatable() ->
+//           mt, methods, core.conn_listen(...), core.conn_connect(...),
+//           core.conn_wait(fds, timeout), core.conn_fd_id(fd),
+//           core.conn_fd_from_process(...).
 // Uses:     runtime/connection, runtime/serializer.
 // Fork-safe: a Connection copied into a forked child refers to the child's
-//           inherited copy of the fd, as in Python.
+//           inherited copy of the fd (and of a Pipe's shared rings), as in
+//           Python.
 // Errors:   EOFError, BrokenPipeError, OSError (closed connection, wrong
 //           direction, message over maxlength), BufferTooShort (the message
 //           in `value`), AuthenticationError, SerializationError, TypeError
 //           and ValueError for bad arguments — luamp error tables via wrap<>.
+#include <fcntl.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -29,6 +33,7 @@
 #include <vector>
 
 #include "../runtime/connection.hpp"
+#include "../runtime/pipe_ring.hpp"
 #include "../runtime/serializer.hpp"
 #include "binding.hpp"
 #include "registrars.hpp"
@@ -47,10 +52,13 @@ struct LConn {
   bool trusted;  // passed an authkey challenge (or a Pipe): functions may arrive
 };
 
-// [-0, +1] A new Connection owning `fd`.
-LConn* push_conn(lua_State* L, int fd, bool readable, bool writable, bool trusted) {
+// [-0, +1] A new Connection owning `fd` (and `ring_fd`, the rings of a Pipe
+// end, unless it is -1). Closes both when it throws.
+LConn* push_conn(lua_State* L, int fd, bool readable, bool writable, bool trusted, int ring_fd = -1, int side = 0) {
   void* mem = lua_newuserdata(L, sizeof(LConn));
-  auto* c = new (mem) LConn{conn::Channel(fd), readable, writable, trusted};
+  LConn* c;
+  if (ring_fd < 0) c = new (mem) LConn{conn::Channel(fd), readable, writable, trusted};
+  else c = new (mem) LConn{conn::Channel(fd, ring_fd, side), readable, writable, trusted};
   luaL_getmetatable(L, kConnMeta);
   lua_setmetatable(L, -2);
   return c;
@@ -204,8 +212,9 @@ int l_conn_fileno(lua_State* L) {
   return 1;
 }
 
-// Connection:_state() -> fd, readable, writable, trusted, buffered bytes
-// (what a handle needs; connection.lua's __mp_reduce)
+// Connection:_state() -> fd, readable, writable, trusted, buffered bytes,
+// ring fd (nil unless a Pipe end), side (what a handle needs;
+// connection.lua's __mp_reduce)
 int l_conn_state(lua_State* L) {
   LConn* c = open_self(L, "_state");
   lua_pushinteger(L, c->ch.fd());
@@ -214,13 +223,16 @@ int l_conn_state(lua_State* L) {
   lua_pushboolean(L, c->trusted);
   std::string_view b = c->ch.buffered();
   lua_pushlstring(L, b.data(), b.size());
-  return 5;
+  if (c->ch.ring_fd() < 0) return 5;
+  lua_pushinteger(L, c->ch.ring_fd());
+  lua_pushinteger(L, c->ch.side());
+  return 7;
 }
 
-// Connection:_pending() -> bytes read ahead and not yet returned (wait()
-// counts a Connection holding some as ready without asking the kernel)
+// Connection:_pending() -> bytes ready without asking the kernel (read
+// ahead from the socket, or waiting in a Pipe's ring)
 int l_conn_pending(lua_State* L) {
-  lua_pushinteger(L, static_cast<lua_Integer>(open_self(L, "_pending")->ch.buffered().size()));
+  lua_pushinteger(L, static_cast<lua_Integer>(open_self(L, "_pending")->ch.ready_bytes()));
   return 1;
 }
 
@@ -289,16 +301,28 @@ int l_core_conn_pipe(lua_State* L) {
   bool duplex = lua_isnoneornil(L, 1) || lua_toboolean(L, 1);
   int fds[2];
   conn::socket_pair(fds);
-  push_conn(L, fds[0], true, duplex, true);
-  push_conn(L, fds[1], duplex, true, true);
+  int rings[2] = {-1, -1};
+  try {
+    rings[0] = pipe::create_ring_fd();
+    rings[1] = fcntl(rings[0], F_DUPFD_CLOEXEC, 0);
+    if (rings[1] < 0) fail_errno("dup", errno);
+  } catch (...) {
+    for (int fd : {fds[0], fds[1], rings[0]})
+      if (fd >= 0) close(fd);
+    throw;
+  }
+  push_conn(L, fds[0], true, duplex, true, rings[0], 0);
+  push_conn(L, fds[1], duplex, true, true, rings[1], 1);
   return 2;
 }
 
-// core.conn_wrap(fd, readable, writable, trusted [, buffered]) -> Connection
-// owning fd
+// core.conn_wrap(fd, readable, writable, trusted [, buffered [, ring_fd,
+// side]]) -> Connection owning fd (and ring_fd)
 int l_core_conn_wrap(lua_State* L) {
   int fd = static_cast<int>(luaL_checkinteger(L, 1));
-  LConn* c = push_conn(L, fd, lua_toboolean(L, 2), lua_toboolean(L, 3), lua_toboolean(L, 4));
+  int ring_fd = static_cast<int>(luaL_optinteger(L, 6, -1));
+  int side = static_cast<int>(luaL_optinteger(L, 7, 0));
+  LConn* c = push_conn(L, fd, lua_toboolean(L, 2), lua_toboolean(L, 3), lua_toboolean(L, 4), ring_fd, side);
   if (lua_type(L, 5) == LUA_TSTRING) {
     size_t n;
     const char* b = lua_tolstring(L, 5, &n);
@@ -411,7 +435,9 @@ int l_core_conn_connect(lua_State* L) {
 
 // -- Waiting and fds of other processes -------------------------------------------
 
-// core.conn_wait(fds, timeout) -> {ready...}: a boolean per fd
+// core.conn_wait(fds, timeout) -> {ready...}: a boolean per fd (the fd of
+// a Pipe end of this process is ready once a message is, also one in its
+// ring)
 int l_core_conn_wait(lua_State* L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   double timeout = opt_timeout(L, 2, "wait");

@@ -1,5 +1,6 @@
 // connection.cpp — frames on stream sockets, socket set-up, the authkey
-// challenge, waiting on fds, fds of other processes. See connection.hpp.
+// challenge, waiting on fds, fds of other processes, and how a Pipe end
+// joins its rings to its socket. See connection.hpp.
 #include "connection.hpp"
 
 #include <arpa/inet.h>
@@ -28,6 +29,7 @@
 #include <utility>
 
 #include "errors.hpp"
+#include "futex.hpp"
 #include "pidfd.hpp"
 
 namespace luamp::conn {
@@ -96,12 +98,13 @@ bool poll_fd(int fd, short events, double timeout) {
   }
 }
 
-// Receives at least one byte into p[0, room): spins for a moment, then
-// blocks. Throws EOFError at end of stream.
-size_t recv_some(int fd, char* p, size_t room, bool after_send) {
+// Receives at least one byte into p[0, room): spins for a moment (unless
+// `spin` is false: a Pipe end reads its socket only when bytes are known to
+// come), then blocks. Throws EOFError at end of stream.
+size_t recv_some(int fd, char* p, size_t room, bool after_send, bool spin) {
   if (after_send && single_cpu()) sched_yield();
   double until = 0;
-  for (;;) {
+  while (spin) {
     ssize_t n = recv(fd, p, room, MSG_DONTWAIT);
     if (n > 0) return static_cast<size_t>(n);
     if (n == 0) fail(ErrType::EOFError, "the other end of the connection is closed");
@@ -182,6 +185,57 @@ uint64_t parse_header(const char* in) {
 
 namespace {
 Channel* g_channels = nullptr;  // see Channel::prev_
+
+constexpr char kDoorbell[kHeaderSize] = {'L', 'D', 0, 0, 0, 0, 0, 0};
+
+bool is_doorbell(const char* p) { return memcmp(p, kDoorbell, kHeaderSize) == 0; }
+
+// A receiver on a Pipe end whose ring is empty first waits without
+// sleeping for this long: a ping-pong partner usually answers within
+// microseconds, and waking a sleeper on another vCPU costs tens.
+constexpr int64_t kRingSpinNs = 50000;
+// A receiver sleeping on its futex asks the socket this often whether the
+// peer is gone (a peer killed by a signal announces nothing; a close wakes
+// it at once).
+constexpr int64_t kPeerCheckNs = 100'000'000;
+// With one usable CPU the peer can only answer once this process lets it
+// run. A sched_yield() does that without a futex wake-up (~3 us per round
+// trip here against ~5 us) when nothing else wants this CPU; but with
+// another busy process on it, each yield hands that process a whole time
+// slice (~1.5 ms per round trip measured, against ~9 us sleeping on the
+// futex). So a yield that took longer than kSlowYieldNs stops all yielding
+// in this process for kNoYieldNs.
+constexpr int64_t kSlowYieldNs = 100'000;
+constexpr int64_t kNoYieldNs = 50'000'000;
+int64_t g_no_yield_until = 0;
+
+template <typename F>
+bool yield_until(F ready) {
+  int64_t t = futex::now_ns();
+  if (t < g_no_yield_until) return false;
+  int64_t end = t + kRingSpinNs;
+  for (;;) {
+    sched_yield();
+    int64_t after = futex::now_ns();
+    if (after - t > kSlowYieldNs) {
+      g_no_yield_until = after + kNoYieldNs;
+      return ready();
+    }
+    if (ready()) return true;
+    if (after >= end) return false;
+    t = after;
+  }
+}
+
+// True when fd has something to read (bytes, EOF, an error) right now.
+bool readable_now(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  int r;
+  do r = ::poll(&p, 1, 0);
+  while (r < 0 && errno == EINTR);
+  return r > 0;
+}
+
 }  // namespace
 
 Channel::Channel(int fd) : next_(g_channels), fd_(fd) {
@@ -189,6 +243,24 @@ Channel::Channel(int fd) : next_(g_channels), fd_(fd) {
   (void)at_exit;
   if (next_) next_->prev_ = this;
   g_channels = this;
+}
+
+Channel::Channel(int fd, int ring_fd, int side) : Channel(fd) {
+  try {
+    ring_ = std::make_unique<pipe::Ring>(ring_fd, side);
+  } catch (...) {
+    close();  // the destructor does not run for a constructor that throws
+    if (prev_) prev_->next_ = next_;
+    else g_channels = next_;
+    if (next_) next_->prev_ = prev_;
+    throw;
+  }
+}
+
+Channel* Channel::of_fd(int fd) {
+  for (Channel* c = g_channels; c; c = c->next_)
+    if (c->fd_ == fd && fd >= 0) return c;
+  return nullptr;
 }
 
 void Channel::close_all() {
@@ -205,7 +277,12 @@ Channel::~Channel() {
 void Channel::close() {
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
+  if (ring_) {
+    ring_->announce_close();  // after the close: the peer then finds the socket hung up if this was the last copy
+    ring_.reset();
+  }
   std::string().swap(out_);  // frees (assigning an empty string keeps the capacity)
+  std::string().swap(ring_msg_);
   in_.reset();
   large_.reset();
   start_ = end_ = 0;
@@ -220,10 +297,12 @@ std::string& Channel::prepare_send() {
 void Channel::send_prepared() {
   size_t len = out_.size() - kHeaderSize;
   check_frame_size(len);
+  if (ring_ && ring_send({out_.data() + kHeaderSize, len})) return;
   put_header(out_.data(), len);
   iovec iov{out_.data(), out_.size()};
   send_all(fd_, &iov, 1);
   sent_last_ = true;
+  if (ring_) after_socket_send();
 }
 
 void Channel::send_frame(std::string_view payload) {
@@ -233,15 +312,18 @@ void Channel::send_frame(std::string_view payload) {
     send_prepared();
     return;
   }
+  if (ring_ && ring_send(payload)) return;
   char header[kHeaderSize];
   put_header(header, payload.size());
   iovec iov[2] = {{header, kHeaderSize}, {const_cast<char*>(payload.data()), payload.size()}};
   send_all(fd_, iov, 2);
   sent_last_ = true;
+  if (ring_) after_socket_send();
 }
 
 void Channel::fill() {
-  end_ += recv_some(fd_, in_.get() + end_, kInCapacity - end_, std::exchange(sent_last_, false));
+  bool after_send = std::exchange(sent_last_, false);
+  end_ += recv_some(fd_, in_.get() + end_, kInCapacity - end_, after_send && !ring_, !ring_);
 }
 
 void Channel::ensure(size_t bytes) {
@@ -257,7 +339,13 @@ void Channel::ensure(size_t bytes) {
 
 std::string_view Channel::recv_frame(uint64_t maxlength) {
   large_.reset();
+  if (ring_) return ring_recv(maxlength);
   ensure(kHeaderSize);
+  return recv_socket_frame(maxlength);
+}
+
+// The frame whose header is buffered (ensure(kHeaderSize) done).
+std::string_view Channel::recv_socket_frame(uint64_t maxlength) {
   uint64_t len = parse_header(in_.get() + start_);
   if (len > maxlength)
     fail(ErrType::OSError, "bad message length: %llu bytes, more than maxlength %llu",
@@ -289,12 +377,13 @@ std::string_view Channel::recv_large(uint64_t len) {
       (void)large_.release();
       large_.reset(grown);
     }
-    have += recv_some(fd_, large_.get() + have, cap - have, false);
+    have += recv_some(fd_, large_.get() + have, cap - have, false, !ring_);
   }
   return {large_.get(), len};
 }
 
 bool Channel::poll(double timeout) {
+  if (ring_) return poll_ring(timeout);
   if (end_ > start_) return true;
   return poll_fd(fd_, POLLIN, timeout);
 }
@@ -309,6 +398,160 @@ void Channel::set_buffered(std::string_view bytes) {
   memcpy(in_.get(), bytes.data(), bytes.size());
   start_ = 0;
   end_ = bytes.size();
+}
+
+size_t Channel::ready_bytes() const {
+  return (end_ - start_) + (ring_ ? ring_->waiting_bytes() : 0);
+}
+
+// -- Pipe ends: ring and socket ------------------------------------------------------
+//
+// Ordering. A sender puts a message in the ring only while no socket frame
+// of its direction is pending; the count goes up before a frame is sent
+// and down once it was received. A receiver loads the count, then looks at
+// the ring, then (count non-zero, or bytes buffered) at the socket: the
+// ring records older than a frame are visible once its count is.
+//
+// Wake-ups. A receiver that finds nothing arms its direction (kOnFutex in
+// recv, kOnSocket in poll/wait), makes a full fence and looks again before
+// it sleeps; a sender makes a full fence after its record or frame and
+// wakes an armed receiver (Ring::wake_receiver): a futex wake, or a
+// doorbell on the socket. So no message is left unseen while its receiver
+// sleeps; at worst a wake-up or a doorbell is spare.
+
+void Channel::check_peer_open() {
+  if (peer_gone_) fail(ErrType::BrokenPipeError, "send: the other end of the connection is closed");
+  uint32_t closes = ring_->out().reader_closes.load(std::memory_order_acquire);
+  if (closes == seen_reader_closes_) return;
+  seen_reader_closes_ = closes;
+  pollfd p{fd_, 0, 0};
+  if (::poll(&p, 1, 0) > 0 && (p.revents & POLLHUP)) {  // every copy of the peer is closed
+    peer_gone_ = true;
+    fail(ErrType::BrokenPipeError, "send: the other end of the connection is closed");
+  }
+}
+
+// Returns true when the message went into the ring; false when the caller
+// must send it as a socket frame (too large, ring full, or frames pending:
+// counted here).
+bool Channel::ring_send(std::string_view payload) {
+  check_peer_open();
+  pipe::Dir& d = ring_->out();
+  if (d.pending.load(std::memory_order_acquire) == 0 && ring_->put({}, payload)) {
+    if (ring_->wake_receiver()) {  // it polls the socket: ring it (a full socket is readable anyway)
+      ssize_t r;
+      do r = send(fd_, kDoorbell, kHeaderSize, MSG_NOSIGNAL | MSG_DONTWAIT);
+      while (r < 0 && errno == EINTR);
+    }
+    return true;
+  }
+  d.pending.fetch_add(1, std::memory_order_seq_cst);
+  return false;
+}
+
+// A receiver sleeping on its futex would not see the frame.
+void Channel::after_socket_send() { ring_->wake_receiver(); }
+
+bool Channel::ring_ready() const {
+  return ring_->has_record() || ring_->in().pending.load(std::memory_order_acquire) != 0;
+}
+
+std::string_view Channel::ring_recv(uint64_t maxlength) {
+  pipe::Dir& d = ring_->in();
+  for (bool socket_readable = false;;) {
+    if (start_ == end_) {
+      uint64_t pending = d.pending.load(std::memory_order_acquire);
+      if (ring_->take(ring_msg_, maxlength)) return ring_msg_;
+      if (pending == 0 && !socket_readable) {
+        socket_readable = wait_ring();
+        continue;
+      }
+    }
+    socket_readable = false;
+    try {
+      ensure(kHeaderSize);
+    } catch (const Error& e) {
+      if (e.type() != ErrType::EOFError) throw;
+      peer_gone_ = true;
+      if (start_ == end_ && ring_->has_record()) continue;  // sent before the peer closed
+      throw;
+    }
+    if (is_doorbell(in_.get() + start_)) {
+      start_ += kHeaderSize;
+      if (start_ == end_) start_ = end_ = 0;
+      continue;
+    }
+    std::string_view payload = recv_socket_frame(maxlength);
+    uint64_t pending = d.pending.load(std::memory_order_relaxed);
+    while (pending > 0 && !d.pending.compare_exchange_weak(pending, pending - 1, std::memory_order_seq_cst)) {
+    }
+    return payload;
+  }
+}
+
+// Waits until the in ring has a record or a socket frame is announced;
+// returns true instead when the socket has something else to read (EOF, a
+// doorbell, bytes written by someone else).
+bool Channel::wait_ring() {
+  pipe::Dir& d = ring_->in();
+  auto ready = [this] { return ring_ready(); };
+  if (futex::several_cpus() ? futex::spin_until(ready, kRingSpinNs) : yield_until(ready)) return false;
+  for (;;) {
+    uint32_t bell = d.bell.load(std::memory_order_seq_cst);
+    d.armed.store(pipe::kOnFutex, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (!ready()) futex::wait(reinterpret_cast<uint32_t*>(&d.bell), bell, futex::now_ns() + kPeerCheckNs);
+    d.armed.store(pipe::kAwake, std::memory_order_seq_cst);
+    if (ready()) return false;
+    if (readable_now(fd_)) return true;
+  }
+}
+
+// Drops doorbells at the front of the read-ahead bytes.
+void Channel::drop_doorbells() {
+  while (end_ - start_ >= kHeaderSize && is_doorbell(in_.get() + start_)) start_ += kHeaderSize;
+  if (start_ == end_) start_ = end_ = 0;
+}
+
+bool Channel::arm() {
+  if (!ring_) return end_ > start_;
+  drop_doorbells();
+  ring_->in().armed.store(pipe::kOnSocket, std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  return end_ > start_ || ring_ready();
+}
+
+void Channel::disarm() {
+  if (ring_) ring_->in().armed.store(pipe::kAwake, std::memory_order_seq_cst);
+}
+
+bool Channel::settle() {
+  if (!ring_) return true;
+  if (!in_) in_ = std::make_unique_for_overwrite<char[]>(kInCapacity);
+  for (;;) {
+    drop_doorbells();
+    if (end_ > start_ || ring_ready()) return true;
+    ssize_t n = recv(fd_, in_.get() + end_, kInCapacity - end_, MSG_DONTWAIT);
+    if (n > 0) end_ += static_cast<size_t>(n);
+    else if (n == 0) return true;  // EOF: recv reports it
+    else if (errno == EAGAIN) return false;
+    else if (errno != EINTR) return true;  // recv reports the error
+  }
+}
+
+bool Channel::poll_ring(double timeout) {
+  int64_t deadline = timeout < 0 ? futex::kNoDeadline : futex::deadline_after(timeout);
+  for (;;) {
+    if (!arm()) {
+      double left = deadline == futex::kNoDeadline
+                        ? -1
+                        : static_cast<double>(std::max<int64_t>(0, deadline - futex::now_ns())) / 1e9;
+      poll_fd(fd_, POLLIN, left);
+    }
+    disarm();
+    if (settle()) return true;
+    if (deadline != futex::kNoDeadline && futex::now_ns() >= deadline) return false;
+  }
 }
 
 // -- Sockets ---------------------------------------------------------------------------
@@ -522,25 +765,39 @@ void answer_challenge(Channel& ch, std::string_view key) {
 
 std::vector<bool> wait_fds(const std::vector<int>& fds, double timeout) {
   std::vector<pollfd> p(fds.size());
-  for (size_t i = 0; i < fds.size(); ++i) p[i] = pollfd{fds[i], POLLIN, 0};
+  std::vector<Channel*> chans(fds.size());
+  for (size_t i = 0; i < fds.size(); ++i) {
+    p[i] = pollfd{fds[i], POLLIN, 0};
+    chans[i] = Channel::of_fd(fds[i]);
+  }
+  auto chan = [&chans](size_t i) { return chans[i]; };
   double deadline = timeout < 0 ? 0 : now() + timeout;
   std::vector<bool> ready(fds.size(), false);
   for (;;) {
+    bool any = false;
+    for (size_t i = 0; i < fds.size(); ++i) {
+      ready[i] = chan(i) && chan(i)->arm();
+      any = any || ready[i];
+    }
     int ms = -1;
-    if (timeout >= 0) {
+    if (any) {
+      ms = 0;
+    } else if (timeout >= 0) {
       double left = deadline - now();
       ms = left <= 0 ? 0 : static_cast<int>(std::min(left * 1000.0 + 0.999, 2e9));
     }
     int r = ::poll(p.data(), p.size(), ms);
-    if (r < 0 && errno != EINTR) fail_errno("poll", errno);
-    if (r > 0) break;
-    if (r == 0 && timeout >= 0 && now() >= deadline) return ready;
+    int err = errno;
+    for (size_t i = 0; i < fds.size(); ++i)
+      if (chan(i)) chan(i)->disarm();
+    if (r < 0 && err != EINTR) fail_errno("poll", err);
+    for (size_t i = 0; r > 0 && i < fds.size(); ++i) {
+      if (p[i].revents & POLLNVAL) fail(ErrType::OSError, "wait: fd %d is not open", fds[i]);
+      if (p[i].revents != 0 && !ready[i]) ready[i] = !chan(i) || chan(i)->settle();
+      any = any || ready[i];
+    }
+    if (any || (timeout >= 0 && now() >= deadline)) return ready;
   }
-  for (size_t i = 0; i < fds.size(); ++i) {
-    if (p[i].revents & POLLNVAL) fail(ErrType::OSError, "wait: fd %d is not open", fds[i]);
-    ready[i] = p[i].revents != 0;
-  }
-  return ready;
 }
 
 // -- Taking another process's fd --------------------------------------------------

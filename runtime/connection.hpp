@@ -1,27 +1,45 @@
 // connection.hpp — the transport of Pipe() and Listener/Client connections:
-// length-prefixed frames on a stream socket, socket set-up, the HMAC-SHA256
-// authkey challenge, waiting on many fds, and taking a copy of another
-// process's fd.
+// length-prefixed frames on a stream socket, a shared-memory ring per
+// direction for the ends of a Pipe, socket set-up, the HMAC-SHA256 authkey
+// challenge, waiting on many connections and fds, and taking a copy of
+// another process's fd.
 //
 // Provides: luamp::conn — Channel (one end: framed send/recv with a reused
 //           receive buffer), socket_pair / listen / accept / connect,
 //           deliver_challenge / answer_challenge, wait_fds, fd_from_process.
 // Uses:     AF_UNIX socketpair, AF_UNIX / AF_INET stream sockets, poll,
+//           pipe_ring (the rings of a Pipe, futex wake-ups),
 //           Nettle (HMAC-SHA256, memeql_sec), getrandom,
 //           pidfd_open + pidfd_getfd (Linux 5.6+).
-// Fork-safe: a Channel is plain memory and an fd; a forked child inherits
-//           both (as Python's Connection is inherited). No global state but
-//           the cached CPU count that decides whether a receiver spins.
+// Fork-safe: a Channel is plain memory, an fd and (a Pipe end) a shared
+//           mapping; a forked child inherits them (as Python's Connection
+//           is inherited), and may go on where the parent stopped, since
+//           ring positions live in the shared mapping. Two processes using
+//           the same end at the same time get garbled messages (as in
+//           Python) or an OSError, never memory outside the mapping. No
+//           global state but the cached CPU count and the moment until
+//           which a receiver on one CPU does not yield (see connection.cpp).
 // Errors:   throws luamp::Error — EOFError (the peer closed, nothing left),
 //           BrokenPipeError (send to a closed peer: MSG_NOSIGNAL, never
-//           SIGPIPE), OSError (a corrupt frame header, a message over the
-//           caller's maxlength, socket errors), AuthenticationError.
+//           SIGPIPE), OSError (a corrupt frame header or ring, a message
+//           over the caller's maxlength, socket errors), AuthenticationError.
 //
 // Frame: an 8-byte header — 2 magic bytes 0x4C 0x4D ("LM") and the payload
 // length as a 48-bit little-endian integer — then the payload. The magic
 // makes bytes that are not a frame (a test writing garbage, a stranger on a
 // TCP port) an OSError at once instead of a wait for petabytes; the length
 // itself is not capped below 2^48, so any message that fits in memory passes.
+//
+// A Pipe end sends a message of up to pipe::kMaxRecord bytes as a record of
+// its ring and a larger one as a frame on the socket (counted in the
+// direction's `pending`, and while any is pending the next messages follow
+// it on the socket, so the order holds). The socket also carries doorbells
+// ("LD" and 6 zero bytes): the wake-up of a receiver that polls the socket
+// (poll(timeout), wait()) for a record that landed in the ring. A receiver
+// reads its ring first, then the socket. BrokenPipeError: a sender notices
+// a closed peer when a close was announced in the ring (then it asks the
+// socket) or it got EOF; a peer killed without closing is noticed when the
+// ring is full and the message goes to the socket.
 #pragma once
 #include <sys/types.h>
 
@@ -32,6 +50,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "pipe_ring.hpp"
 
 namespace luamp::conn {
 
@@ -48,6 +68,9 @@ uint64_t parse_header(const char* in);
 class Channel {
  public:
   explicit Channel(int fd);
+  // A Pipe end: the socket `fd` and the rings in memfd `ring_fd` as end
+  // `side` (both owned from now on, also when this throws).
+  Channel(int fd, int ring_fd, int side);
   ~Channel();
   Channel(const Channel&) = delete;
   Channel& operator=(const Channel&) = delete;
@@ -55,6 +78,9 @@ class Channel {
   int fd() const { return fd_; }
   bool closed() const { return fd_ < 0; }
   void close();
+  // The memfd of a Pipe end's rings, or -1 (a Listener/Client connection).
+  int ring_fd() const { return ring_ ? ring_->fd() : -1; }
+  int side() const { return ring_ ? ring_->side() : 0; }
 
   // The send buffer, reused between messages: a caller appends a payload
   // after prepare_send() and calls send_prepared(). One syscall for the
@@ -73,6 +99,18 @@ class Channel {
   // timeout < 0: no limit.
   bool poll(double timeout);
 
+  // For a wait over many fds: arm() makes the peer ring the socket when
+  // it sends (a Pipe end) and returns true when a message is ready now;
+  // disarm() after the wait; settle() after the fd polled readable: true
+  // unless it held only doorbells (it reads them without blocking).
+  bool arm();
+  void disarm();
+  bool settle();
+  // The open Channel of this process whose socket is `fd`, or nullptr.
+  static Channel* of_fd(int fd);
+  // Bytes ready without asking the kernel: read ahead, or in the ring.
+  size_t ready_bytes() const;
+
   // Bytes read from the socket but not yet returned (the receive side reads
   // ahead). They travel with the fd when the connection is sent elsewhere.
   std::string_view buffered() const;
@@ -82,6 +120,17 @@ class Channel {
   void fill();                // reads more bytes into the buffer (blocks)
   void ensure(size_t bytes);  // buffer holds at least `bytes` unread bytes
   std::string_view recv_large(uint64_t len);
+  std::string_view recv_socket_frame(uint64_t maxlength);
+
+  // -- Pipe ends (ring_ set) --
+  void check_peer_open();
+  bool ring_send(std::string_view payload);
+  void after_socket_send();
+  std::string_view ring_recv(uint64_t maxlength);
+  bool ring_ready() const;
+  bool wait_ring();
+  bool poll_ring(double timeout);
+  void drop_doorbells();
 
   // Every live Channel is on a list, and exit() closes them all (as
   // Python's finalizers close connections at shutdown): a Channel lives in
@@ -100,6 +149,11 @@ class Channel {
     void operator()(char* p) const { free(p); }
   };
   std::unique_ptr<char, Free> large_;  // a frame larger than the buffer (malloc: it grows by realloc)
+
+  std::unique_ptr<pipe::Ring> ring_;  // a Pipe end's rings
+  std::string ring_msg_;              // the last message taken from the ring
+  uint64_t seen_reader_closes_ = UINT64_MAX;  // the peer's close count last asked about (never at first)
+  bool peer_gone_ = false;            // EOF seen, or the socket said the peer hung up
 };
 
 // -- Sockets -----------------------------------------------------------------
@@ -136,8 +190,10 @@ void answer_challenge(Channel& ch, std::string_view key);
 
 // -- Waiting -------------------------------------------------------------------
 
-// Waits until one of `fds` is readable (or hung up); timeout < 0: no limit.
-// Returns one flag per fd (all false on timeout).
+// Waits until one of `fds` is readable (or hung up), or for the fd of an
+// open Channel of this process, until a message is ready on it (bytes read
+// ahead, or a Pipe end's ring, are not in the fd: Channel::arm); timeout
+// < 0: no limit. Returns one flag per fd (all false on timeout).
 std::vector<bool> wait_fds(const std::vector<int>& fds, double timeout);
 
 // -- Taking another process's fd ----------------------------------------------

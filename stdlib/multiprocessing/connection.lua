@@ -1,6 +1,7 @@
 -- multiprocessing.connection — Pipe(), Connection, wait(), Listener and
 -- Client: framed messages over stream sockets (AF_UNIX socketpairs for
--- Pipe, Unix or TCP sockets for Listener/Client).
+-- Pipe, with a shared-memory ring per direction for small messages; Unix
+-- or TCP sockets for Listener/Client).
 --
 --   local a, b = mp.Pipe()
 --   a:send({42, nil, "hello"}); print(b:recv()[3])          --> hello
@@ -15,7 +16,9 @@
 -- and runs nothing); a Connection sent to a child travels as its fd with
 -- every start method; one sent in a message (a queue, another pipe) is
 -- copied from the sender with pidfd_getfd, so the sender must keep it open
--- until it is received.
+-- until it is received. A Pipe end's fileno() is ready for
+-- mp.connection.wait, not for a poll of your own: small messages travel in
+-- shared memory and the socket is rung only when a waiter asks for it.
 local core = require("luamp.core")
 local ffi = require("ffi")
 local util = require("multiprocessing.util")
@@ -82,40 +85,58 @@ end
 
 -- -- Handles --------------------------------------------------------------------
 
--- A Connection travels as its fd: an index into the fds of a start payload,
--- or (pid, fd, file identity) for the receiver to copy with pidfd_getfd.
--- Bytes already read ahead from the socket travel too.
+-- A Connection travels as its fd (and a Pipe end also as the memfd of its
+-- rings): an index into the fds of a start payload, or (pid, fd, file
+-- identity) for the receiver to copy with pidfd_getfd. Bytes already read
+-- ahead from the socket travel too.
+local function fd_ref(fds, fd)
+  if fds then
+    fds[#fds + 1] = fd
+    return { slot = #fds }
+  end
+  local dev, ino = core.conn_fd_id(fd)
+  return { pid = core.getpid(), fd = fd, dev = dev, ino = ino }
+end
+
 mt.__mp_reduce = function(c)
-  local fd, readable, writable, trusted, buffered = c:_state()
+  local fd, readable, writable, trusted, buffered, ring_fd, side = c:_state()
   local payload = { readable = readable, writable = writable, trusted = trusted, arena = core.shm_id() }
   if buffered ~= "" then payload.buffered = buffered end
   local fds = registry[PAYLOAD_FDS]
-  if fds then
-    fds[#fds + 1] = fd
-    payload.slot = #fds
-  else
-    payload.pid, payload.fd = core.getpid(), fd
-    payload.dev, payload.ino = core.conn_fd_id(fd)
-  end
+  payload.socket = fd_ref(fds, fd)
+  if ring_fd then payload.ring, payload.side = fd_ref(fds, ring_fd), side end
   return "Connection", payload
+end
+
+-- This process's copy of the fd a payload refers to.
+local function take_fd(ref)
+  if ref.slot then
+    local fds = registry[PAYLOAD_FDS]
+    local fd = fds and fds[ref.slot]
+    if not fd then
+      raise("SerializationError", "a Connection sent with a process start can only be received by that process")
+    end
+    fds[ref.slot] = false  -- taken: bootstrap closes the fds nobody took
+    return fd
+  end
+  return core.conn_fd_from_process(ref.pid, ref.fd, ref.dev, ref.ino)
 end
 
 local function rebuild(p)
   if p.arena ~= core.shm_id() then
     raise("SerializationError", "a Connection belongs to another luamp process tree")
   end
-  local fd
-  if p.slot then
-    local fds = registry[PAYLOAD_FDS]
-    fd = fds and fds[p.slot]
-    if not fd then
-      raise("SerializationError", "a Connection sent with a process start can only be received by that process")
+  local fd = take_fd(p.socket)
+  local ring_fd
+  if p.ring then
+    local ok, got = pcall(take_fd, p.ring)
+    if not ok then
+      core.close_fd(fd)
+      error(got, 0)
     end
-    fds[p.slot] = false  -- taken: bootstrap closes the fds nobody took
-  else
-    fd = core.conn_fd_from_process(p.pid, p.fd, p.dev, p.ino)
+    ring_fd = got
   end
-  return core.conn_wrap(fd, p.readable, p.writable, p.trusted, p.buffered)
+  return core.conn_wrap(fd, p.readable, p.writable, p.trusted, p.buffered, ring_fd, p.side)
 end
 
 registry["luamp.handles"] = registry["luamp.handles"] or {}
@@ -123,18 +144,19 @@ registry["luamp.handles"].Connection = rebuild
 
 -- -- wait -------------------------------------------------------------------------
 
--- The fd to watch for `o`, and whether it is ready without asking the kernel.
+-- The fd to watch for `o` (for a Pipe end, core.conn_wait also asks its
+-- rings in shared memory).
 local function watched_fd(o, i)
-  if type(o) == "number" then return o, false end
-  if is_connection(o) then return o:fileno(), o:_pending() > 0 end
+  if type(o) == "number" then return o end
+  if is_connection(o) then return o:fileno() end
   if type(o) == "table" and rawget(o, "_identity") then  -- a Process
     local fd = o.sentinel
     if fd == nil then raise("ValueError", ("wait: object #%d is a process that was not started"):format(i)) end
-    return fd, false
+    return fd
   end
-  if type(o) == "table" and type(o.sentinel) == "number" then return o.sentinel, false end  -- parent_process()
+  if type(o) == "table" and type(o.sentinel) == "number" then return o.sentinel end  -- parent_process()
   local fileno = (type(o) == "table" or type(o) == "userdata") and o.fileno
-  if type(fileno) == "function" then return fileno(o), false end
+  if type(fileno) == "function" then return fileno(o) end
   raise("TypeError", ("wait: object #%d expected a Connection, a Process or a file descriptor, got %s"):format(i, type(o)))
 end
 
@@ -143,16 +165,12 @@ function M.wait(objects, timeout)
   if type(objects) ~= "table" then
     raise("TypeError", "wait: argument #1 (objects) expected a table, got " .. type(objects))
   end
-  local fds, pending = {}, {}
-  local any_pending = false
-  for i, o in ipairs(objects) do
-    fds[i], pending[i] = watched_fd(o, i)
-    any_pending = any_pending or pending[i]
-  end
-  local ready = core.conn_wait(fds, any_pending and 0 or timeout)
+  local fds = {}
+  for i, o in ipairs(objects) do fds[i] = watched_fd(o, i) end
+  local ready = core.conn_wait(fds, timeout)
   local out = {}
   for i, o in ipairs(objects) do
-    if ready[i] or pending[i] then out[#out + 1] = o end
+    if ready[i] then out[#out + 1] = o end
   end
   return out
 end
