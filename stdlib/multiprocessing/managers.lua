@@ -396,30 +396,9 @@ methods_proxy("Queue", { "put", "get", "put_nowait", "get_nowait", "qsize", "emp
 methods_proxy("JoinableQueue", { "put", "get", "put_nowait", "get_nowait", "qsize", "empty", "full",
                                  "task_done", "join" })
 methods_proxy("RLock", { "acquire", "release" }, { with = with })
--- cond:wait_for(predicate [, timeout]) -> the predicate's last result. As
--- in Python, the predicate runs here, between waits in the server, each
--- given what is left of the timeout.
-local function wait_for(self, predicate, timeout)
-  local pt = type(predicate)
-  if pt ~= "function" and not (pt == "table" and getmetatable(predicate) and getmetatable(predicate).__call) then
-    raise("TypeError", "Condition:wait_for: argument #1 (predicate) expected a function, got " .. pt)
-  end
-  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
-    raise("ValueError", "Condition:wait_for: timeout must be a non-negative number or nil")
-  end
-  local deadline = timeout and core.monotonic() + timeout
-  local result = predicate()
-  while not result do
-    local left
-    if deadline then
-      left = deadline - core.monotonic()
-      if left <= 0 then break end
-    end
-    self:wait(left)
-    result = predicate()
-  end
-  return result
-end
+-- cond:wait_for(predicate [, timeout]): as in Python, the predicate runs
+-- here, between waits in the server, each given what is left of the timeout.
+local wait_for = require("multiprocessing.synchronize").wait_for
 
 methods_proxy("Condition", { "acquire", "release", "wait", "notify", "notify_all" },
               { with = with, wait_for = wait_for })

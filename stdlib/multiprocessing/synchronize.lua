@@ -195,8 +195,13 @@ function Condition:wait(timeout)
   return r == 1
 end
 
--- Condition:wait_for(predicate [, timeout]) -> the predicate's last result
+-- Condition:wait_for(predicate [, timeout]) -> the predicate's last result.
+-- Needs only self:wait, so manager Condition proxies use it too.
 function Condition:wait_for(predicate, timeout)
+  local pt = type(predicate)
+  if pt ~= "function" and not (pt == "table" and getmetatable(predicate) and getmetatable(predicate).__call) then
+    raise("TypeError", "Condition:wait_for: argument #1 (predicate) expected a function, got " .. pt)
+  end
   local deadline = timeout and core.monotonic() + check_timeout("Condition:wait_for", timeout)
   local result = predicate()
   while not result do
@@ -294,5 +299,7 @@ function M.Barrier(parties, action, timeout)
   C.luamp_barrier_init(b, parties)
   return setmetatable({ _b = b, _action = action, _timeout = timeout }, BarrierMT)
 end
+
+M.wait_for = Condition.wait_for
 
 return M

@@ -86,7 +86,7 @@ T.case("wait_for: argument checks", function()
   c:acquire()
   T.checkerr("TypeError", "predicate", c.wait_for, c, 42)
   T.checkerr("ValueError", "timeout", c.wait_for, c, function() return false end, -1)
-  T.checkerr("ValueError", "timeout", c.wait_for, c, function() return false end, "1")
+  T.checkerr("TypeError", "timeout", c.wait_for, c, function() return false end, "1")
   c:release()
 end)
 
