@@ -258,16 +258,10 @@ Channel::Channel(int fd) : next_(g_channels), fd_(fd) {
   g_channels = this;
 }
 
+// Should the Ring throw (it closes ring_fd), the destructor runs: the
+// delegated constructor has completed.
 Channel::Channel(int fd, int ring_fd, int side) : Channel(fd) {
-  try {
-    ring_ = std::make_unique<pipe::Ring>(ring_fd, side);
-  } catch (...) {
-    close();  // the destructor does not run for a constructor that throws
-    if (prev_) prev_->next_ = next_;
-    else g_channels = next_;
-    if (next_) next_->prev_ = prev_;
-    throw;
-  }
+  ring_ = std::make_unique<pipe::Ring>(ring_fd, side);
 }
 
 Channel* Channel::of_fd(int fd) {
