@@ -208,9 +208,10 @@ constexpr int64_t kPeerCheckNs = 100'000'000;
 // slow yield that follows, back to 1 ms after kFastYields fast ones in a
 // row. A busy neighbour that stays then costs one slice every 64 ms (about
 // half of the yields that probe it are fast: it is not always due to run);
-// one that comes and goes costs little. Measured with the neighbour in and
-// out: 3-3.7 us per round trip against 6.5-7.6 us when a slow yield stopped
-// the yielding for a fixed 50 ms.
+// one that comes and goes costs little. Under the load of other builds
+// and tests on this VM, pinned pipe_bytes_pingpong took ~3-4.5 us per
+// round trip this way, ~6-7.6 us when a slow yield stopped the yielding
+// for a fixed 50 ms.
 constexpr int64_t kSlowYieldNs = 100'000;
 constexpr int64_t kMinNoYieldNs = 1'000'000;
 constexpr int64_t kMaxNoYieldNs = 64'000'000;
