@@ -310,7 +310,6 @@ void Channel::send_prepared() {
   iovec iov{out_.data(), out_.size()};
   send_all(fd_, &iov, 1);
   sent_last_ = true;
-  if (ring_) after_socket_send();
 }
 
 void Channel::send_frame(std::string_view payload) {
@@ -326,7 +325,6 @@ void Channel::send_frame(std::string_view payload) {
   iovec iov[2] = {{header, kHeaderSize}, {const_cast<char*>(payload.data()), payload.size()}};
   send_all(fd_, iov, 2);
   sent_last_ = true;
-  if (ring_) after_socket_send();
 }
 
 void Channel::fill() {
@@ -454,11 +452,12 @@ bool Channel::ring_send(std::string_view payload) {
     return true;
   }
   d.pending.fetch_add(1, std::memory_order_seq_cst);
+  // Now, not after the frame: a receiver asleep on its futex would not see
+  // the frame, and one larger than the socket buffer needs it reading. One
+  // that polls the socket needs no doorbell: the frame is one.
+  ring_->wake_receiver();
   return false;
 }
-
-// A receiver sleeping on its futex would not see the frame.
-void Channel::after_socket_send() { ring_->wake_receiver(); }
 
 bool Channel::ring_ready() const {
   return ring_->has_record() || ring_->in().pending.load(std::memory_order_acquire) != 0;

@@ -125,7 +125,6 @@ class Channel {
   // -- Pipe ends (ring_ set) --
   void check_peer_open();
   bool ring_send(std::string_view payload);
-  void after_socket_send();
   std::string_view ring_recv(uint64_t maxlength);
   bool ring_ready() const;
   bool wait_ring();

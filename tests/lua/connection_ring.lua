@@ -4,8 +4,9 @@
 -- back without reordering, everything sent before close() arriving before
 -- EOFError, wait() and poll() seeing a message that sits in the ring (and a
 -- doorbell not counting as one), a sleeping receiver woken by the peer's
--- close and by its SIGKILL, one end used by two processes in turn, and a
--- message in the ring travelling with its Connection to a child.
+-- close, by its SIGKILL and by a frame larger than the socket buffer, one
+-- end used by two processes in turn, and a message in the ring travelling
+-- with its Connection to a child.
 local T = require("testlib")
 local mp = T.setup()
 
@@ -154,6 +155,25 @@ do -- a receiver asleep on its futex wakes when the peer closes, or is killed
   p:join(10)
   T.eq(p.exitcode, -9, "peer was SIGKILLed")
   T.checkerr("BrokenPipeError", nil, a.send, a, "x")
+  a:close()
+end
+
+do -- a frame larger than the socket buffer wakes a receiver asleep on its
+  -- futex at once (not at its next check for a dead peer, 100 ms later)
+  local a, b = mp.Pipe()
+  local p = start(function(c)
+    for _ = 1, 10 do c:send(#c:recv_bytes()) end
+  end, b)
+  b:close()
+  local big = ("x"):rep(1024 * 1024)
+  local total = 0
+  for _ = 1, 10 do
+    mp.sleep(0.03)  -- the child falls asleep
+    local t = elapsed(function() a:send_bytes(big); return a:recv() end)
+    total = total + t
+  end
+  T.check(total < 0.3, ("10 round trips of 1 MiB to a sleeping receiver took %.3f s"):format(total))
+  joined(p, "large-message echo")
   a:close()
 end
 
