@@ -425,10 +425,19 @@ size_t Channel::ready_bytes() const {
 // doorbell on the socket. So no message is left unseen while its receiver
 // sleeps; at worst a wake-up or a doorbell is spare.
 
+// Asks the socket whether the peer is gone only when there is a reason to
+// think so: a close was announced since the last time, or the receiver has
+// taken nothing since the previous send (a peer killed without closing;
+// a send to it then fails at the latest on the second message, while a
+// ping-pong, which always finds the ring empty, never asks).
 void Channel::check_peer_open() {
   if (peer_gone_) fail(ErrType::BrokenPipeError, "send: the other end of the connection is closed");
-  uint32_t closes = ring_->out().reader_closes.load(std::memory_order_acquire);
-  if (closes == seen_reader_closes_) return;
+  pipe::Dir& d = ring_->out();
+  uint32_t closes = d.reader_closes.load(std::memory_order_acquire);
+  uint64_t head = d.head.load(std::memory_order_acquire);
+  bool stuck = head == seen_head_ && d.tail.load(std::memory_order_relaxed) != head;
+  seen_head_ = head;
+  if (closes == seen_reader_closes_ && !stuck) return;
   seen_reader_closes_ = closes;
   pollfd p{fd_, 0, 0};
   if (::poll(&p, 1, 0) > 0 && (p.revents & POLLHUP)) {  // every copy of the peer is closed

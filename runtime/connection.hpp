@@ -36,10 +36,10 @@
 // it on the socket, so the order holds). The socket also carries doorbells
 // ("LD" and 6 zero bytes): the wake-up of a receiver that polls the socket
 // (poll(timeout), wait()) for a record that landed in the ring. A receiver
-// reads its ring first, then the socket. BrokenPipeError: a sender notices
-// a closed peer when a close was announced in the ring (then it asks the
-// socket) or it got EOF; a peer killed without closing is noticed when the
-// ring is full and the message goes to the socket.
+// reads its ring first, then the socket. BrokenPipeError: a sender asks
+// the socket whether the peer hung up when a close was announced in the
+// ring, or when the peer has taken nothing since the previous send (a peer
+// killed without closing: the second send to it fails), and after EOF.
 #pragma once
 #include <sys/types.h>
 
@@ -152,6 +152,7 @@ class Channel {
   std::unique_ptr<pipe::Ring> ring_;  // a Pipe end's rings
   std::string ring_msg_;              // the last message taken from the ring
   uint64_t seen_reader_closes_ = UINT64_MAX;  // the peer's close count last asked about (never at first)
+  uint64_t seen_head_ = UINT64_MAX;           // the out ring's head at the previous send
   bool peer_gone_ = false;            // EOF seen, or the socket said the peer hung up
 };
 

@@ -156,6 +156,17 @@ do -- a receiver asleep on its futex wakes when the peer closes, or is killed
   T.eq(p.exitcode, -9, "peer was SIGKILLed")
   T.checkerr("BrokenPipeError", nil, a.send, a, "x")
   a:close()
+  -- killed without a receive of ours noticing it: the second send fails
+  a, b = mp.Pipe()
+  p = start(function(c) c:send("ready"); mp.sleep(60) end, b)
+  b:close()
+  T.eq(a:recv(), "ready", "peer ready")
+  p:kill()
+  p:join(10)
+  local ok = pcall(a.send, a, "first")
+  if ok then T.checkerr("BrokenPipeError", nil, a.send, a, "second") end
+  T.checkerr("BrokenPipeError", nil, a.send, a, "third")
+  a:close()
 end
 
 do -- a frame larger than the socket buffer wakes a receiver asleep on its
