@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 #include <vector>
@@ -50,6 +51,7 @@ struct LConn {
   bool readable;
   bool writable;
   bool trusted;  // passed an authkey challenge (or a Pipe): functions may arrive
+  std::unique_ptr<conn::ServerHandshake> greeting;  // a challenge under way (see _handshake_step)
 };
 
 // [-0, +1] A new Connection owning `fd` (and `ring_fd`, the rings of a Pipe
@@ -57,8 +59,8 @@ struct LConn {
 LConn* push_conn(lua_State* L, int fd, bool readable, bool writable, bool trusted, int ring_fd = -1, int side = 0) {
   void* mem = lua_newuserdata(L, sizeof(LConn));
   LConn* c;
-  if (ring_fd < 0) c = new (mem) LConn{conn::Channel(fd), readable, writable, trusted};
-  else c = new (mem) LConn{conn::Channel(fd, ring_fd, side), readable, writable, trusted};
+  if (ring_fd < 0) c = new (mem) LConn{conn::Channel(fd), readable, writable, trusted, nullptr};
+  else c = new (mem) LConn{conn::Channel(fd, ring_fd, side), readable, writable, trusted, nullptr};
   luaL_getmetatable(L, kConnMeta);
   lua_setmetatable(L, -2);
   return c;
@@ -253,6 +255,32 @@ int l_conn_authenticate(lua_State* L) {
   return 0;
 }
 
+// Connection:_handshake_begin(key): sends the challenge of a server that
+// steps through it (ServerHandshake) instead of waiting for the answers.
+int l_conn_handshake_begin(lua_State* L) {
+  LConn* c = open_self(L, "handshake_begin");
+  std::string_view key = check_string(L, 2, "handshake_begin", 1, "authkey");
+  c->greeting = std::make_unique<conn::ServerHandshake>(c->ch, key);
+  return 0;
+}
+
+// Connection:_handshake_step() -> true once the challenge has passed both
+// ways (at once when none is under way); call it when the Connection is
+// readable. Raises AuthenticationError.
+int l_conn_handshake_step(lua_State* L) {
+  LConn* c = open_self(L, "handshake_step");
+  if (c->greeting) {
+    if (!c->greeting->step(c->ch)) {
+      lua_pushboolean(L, false);
+      return 1;
+    }
+    c->greeting.reset();
+    c->trusted = true;
+  }
+  lua_pushboolean(L, true);
+  return 1;
+}
+
 // Connection fields: closed, readable, writable; else a method.
 int l_conn_index(lua_State* L) {
   lua_pushvalue(L, 2);
@@ -293,6 +321,8 @@ const luaL_Reg kConnMethods[] = {
     {"_state", wrap<l_conn_state>},
     {"_pending", wrap<l_conn_pending>},
     {"_authenticate", wrap<l_conn_authenticate>},
+    {"_handshake_begin", wrap<l_conn_handshake_begin>},
+    {"_handshake_step", wrap<l_conn_handshake_step>},
     {nullptr, nullptr},
 };
 

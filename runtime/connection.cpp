@@ -755,26 +755,64 @@ void send_handshake(Channel& ch, std::string_view msg) {
   }
 }
 
-}  // namespace
+// Each step of the exchange once, for the blocking calls and the stepwise
+// server alike.
 
-void deliver_challenge(Channel& ch, std::string_view key) {
+// Sends a challenge; returns the digest that must come back.
+std::string send_challenge(Channel& ch, std::string_view key) {
   std::string message = std::string(kChallenge) + random_bytes(kNonceSize);
   send_handshake(ch, message);
-  std::string expected = hmac_sha256(key, message);
-  std::string_view answer = recv_handshake(ch);
+  return hmac_sha256(key, message);
+}
+
+void check_digest(Channel& ch, std::string_view answer, std::string_view expected) {
   bool good = answer.size() == kDigestSize && memeql_sec(answer.data(), expected.data(), kDigestSize);
   send_handshake(ch, good ? kWelcome : kFailure);
   if (!good) fail(ErrType::AuthenticationError, "digest received was wrong (the peer has another authkey)");
 }
 
-void answer_challenge(Channel& ch, std::string_view key) {
-  std::string_view message = recv_handshake(ch);
+void answer(Channel& ch, std::string_view key, std::string_view message) {
   if (!message.starts_with(kChallenge) || message.size() != kChallenge.size() + kNonceSize)
     fail(ErrType::AuthenticationError, "authkey challenge failed: the peer sent no challenge");
   send_handshake(ch, hmac_sha256(key, message));
-  std::string_view reply = recv_handshake(ch);
+}
+
+void check_welcome(std::string_view reply) {
   if (reply != kWelcome)
     fail(ErrType::AuthenticationError, "digest sent was rejected (the peer has another authkey)");
+}
+
+}  // namespace
+
+void deliver_challenge(Channel& ch, std::string_view key) {
+  std::string expected = send_challenge(ch, key);
+  check_digest(ch, recv_handshake(ch), expected);
+}
+
+void answer_challenge(Channel& ch, std::string_view key) {
+  answer(ch, key, recv_handshake(ch));
+  check_welcome(recv_handshake(ch));
+}
+
+ServerHandshake::ServerHandshake(Channel& ch, std::string_view key)
+    : key_(key), expected_(send_challenge(ch, key)) {}
+
+bool ServerHandshake::step(Channel& ch) {
+  std::string_view message = recv_handshake(ch);
+  switch (stage_) {
+    case Stage::digest:
+      check_digest(ch, message, expected_);
+      stage_ = Stage::challenge;
+      return false;
+    case Stage::challenge:
+      answer(ch, key_, message);
+      stage_ = Stage::welcome;
+      return false;
+    case Stage::welcome:
+      check_welcome(message);
+      return true;
+  }
+  return false;
 }
 
 // -- Waiting -------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 //
 // Provides: luamp::conn — Channel (one end: framed send/recv with a reused
 //           receive buffer), socket_pair / listen / accept / connect,
-//           deliver_challenge / answer_challenge, wait_fds, fd_from_process.
+//           deliver_challenge / answer_challenge (and ServerHandshake,
+//           the listening side in steps), wait_fds, fd_from_process.
 // Uses:     AF_UNIX socketpair, AF_UNIX / AF_INET stream sockets, poll,
 //           pipe_ring (the rings of a Pipe, futex wake-ups),
 //           Nettle (HMAC-SHA256, memeql_sec), getrandom,
@@ -187,6 +188,23 @@ int connect_to(const Address& addr);
 
 void deliver_challenge(Channel& ch, std::string_view key);
 void answer_challenge(Channel& ch, std::string_view key);
+
+// The listening side of the same exchange (deliver, then answer) in steps,
+// for a server that serves everyone from one loop and must not wait on a
+// client that connects and then says nothing: the constructor sends the
+// challenge; step() takes one handshake message, to be called when the
+// channel is readable, and returns true once both directions have passed.
+class ServerHandshake {
+ public:
+  ServerHandshake(Channel& ch, std::string_view key);
+  bool step(Channel& ch);
+
+ private:
+  enum class Stage { digest, challenge, welcome };
+  Stage stage_ = Stage::digest;
+  std::string key_;
+  std::string expected_;  // the digest the client must send back
+};
 
 // -- Waiting -------------------------------------------------------------------
 

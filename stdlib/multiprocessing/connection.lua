@@ -210,16 +210,19 @@ local function check_authkey(func, authkey)
   end
 end
 
+-- c:method(...), closing c when it fails.
+local function or_close(c, method, ...)
+  local ok, err = pcall(c[method], c, ...)
+  if not ok then
+    c:close()
+    error(err, 0)
+  end
+end
+
 -- A connection that runs the challenge (if there is a key) or is closed.
 local function authenticated(fd, authkey, server)
   local c = core.conn_wrap(fd, true, true, false)
-  if authkey then
-    local ok, err = pcall(c._authenticate, c, authkey, server)
-    if not ok then
-      c:close()
-      error(err, 0)
-    end
-  end
+  if authkey then or_close(c, "_authenticate", authkey, server) end
   return c
 end
 
@@ -259,6 +262,18 @@ function Listener:accept()
   local fd, host, port = self._sock:accept()
   self.last_accepted = host and { host, port } or nil
   return authenticated(fd, self._authkey, true)
+end
+
+-- Listener:_accept_pending() -> a Connection whose challenge (if there is an
+-- authkey) has only begun: c:_handshake_step() carries it on each time c is
+-- readable, true once it has passed. For a server that serves everyone from
+-- one loop (managers), where accept() could wait on a silent client.
+function Listener:_accept_pending()
+  local fd, host, port = self._sock:accept()
+  self.last_accepted = host and { host, port } or nil
+  local c = core.conn_wrap(fd, true, true, false)
+  if self._authkey then or_close(c, "_handshake_begin", self._authkey) end
+  return c
 end
 
 -- Listener:close(): also removes the socket file of a Unix address

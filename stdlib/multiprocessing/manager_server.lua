@@ -44,6 +44,7 @@ local C = ffi.C
 local M = {}
 
 local RETRY = 0.005   -- seconds between retries of blocked requests
+local HANDSHAKE = 3   -- seconds a new client has for the authkey challenge
 local BACKLOG = 128
 local SPIN = 50e-6    -- seconds the loop polls after serving, before it sleeps
 
@@ -718,6 +719,7 @@ function M.new(registry, address, authkey)
     objects = { [0] = false }, methods = { [0] = SERVER_OPS }, typeids = { [0] = "server" },
     refs = {}, inflight = {}, owned = {}, released = {},
     next_id = 1, clients = {}, blocked = {}, idle = {}, running = false,
+    greeting = {},  -- connection -> deadline of its authkey challenge
   }, Server)
   self.objects[0] = self
   M.serving[self.ident] = self
@@ -945,12 +947,39 @@ function Server:_retry_blocked()
   for _, b in ipairs(blocked) do self:_step(b.conn, b.co) end
 end
 
+-- A new connection takes part in the loop at once: its authkey challenge
+-- goes one message at a time as the client answers (greet), so a client
+-- that connects and says nothing holds up nobody, and is dropped after
+-- HANDSHAKE seconds.
 function Server:_accept()
-  local ok, c = pcall(self.listener.accept, self.listener)
-  if not ok then return nil end  -- a failed challenge or a client gone at once: only it ends
-  self.clients[#self.clients + 1] = c
+  local ok, c = pcall(self.listener._accept_pending, self.listener)
+  if not ok then return end  -- a client gone at once: only it ends
+  self.greeting[c] = monotonic() + HANDSHAKE
   self.watch = nil
-  return c
+end
+
+-- One step of c's challenge, c being readable; once it passes, c is a
+-- client like the others.
+function Server:_greet(c)
+  local ok, done
+  repeat ok, done = pcall(c._handshake_step, c) until not ok or done or c:_pending() == 0
+  if ok and not done then return end
+  self.greeting[c] = nil
+  self.watch = nil
+  if not ok then return pcall(c.close, c) end  -- a wrong key or a client gone: only it ends
+  self.clients[#self.clients + 1] = c
+  self:_serve_read_ahead(c)
+end
+
+function Server:_expire_greetings()
+  local now = monotonic()
+  for c, deadline in pairs(self.greeting) do
+    if now >= deadline then
+      self.greeting[c] = nil
+      self.watch = nil
+      pcall(c.close, c)
+    end
+  end
 end
 
 -- Serves c's requests that are already read (c:recv reads ahead, so the
@@ -959,10 +988,12 @@ function Server:_serve_read_ahead(c)
   while not c.closed and c:_pending() > 0 do self:_serve_client(c) end
 end
 
--- The objects to wait on ([1] the Listener, then the clients) and their fds.
+-- The objects to wait on ([1] the Listener, then the clients and the
+-- connections still in their challenge) and their fds.
 function Server:_watch()
   local watch, fds = { self.listener }, { self.listener:fileno() }
-  for i, c in ipairs(self.clients) do watch[i + 1], fds[i + 1] = c, c:fileno() end
+  for _, c in ipairs(self.clients) do watch[#watch + 1], fds[#fds + 1] = c, c:fileno() end
+  for c in pairs(self.greeting) do watch[#watch + 1], fds[#fds + 1] = c, c:fileno() end
   self.watch, self.fds = watch, fds
   return watch, fds
 end
@@ -988,7 +1019,9 @@ function Server:_wait(fds, spin)
       if any(ready) then return ready end
     until monotonic() >= deadline
   end
-  return conn_wait(fds, #self.blocked > 0 and RETRY or nil)
+  local timeout = #self.blocked > 0 and RETRY or nil
+  if next(self.greeting) then timeout = math.min(timeout or HANDSHAKE, HANDSHAKE) end
+  return conn_wait(fds, timeout)
 end
 
 -- server:serve_forever(): serves until a client sends shutdown; then closes
@@ -1005,8 +1038,9 @@ function Server:serve_forever()
       local o = watch[i]
       if not ready[i] then  -- nothing to do
       elseif i == 1 then
-        local c = self:_accept()
-        if c then self:_serve_read_ahead(c) end
+        self:_accept()
+      elseif self.greeting[o] then
+        self:_greet(o)
       else
         self:_serve_client(o)
         self:_serve_read_ahead(o)
@@ -1014,6 +1048,7 @@ function Server:serve_forever()
       end
     end
     if #self.blocked > 0 then self:_retry_blocked() end
+    if next(self.greeting) then self:_expire_greetings() end
     self:_release()
   end
   self:close()
@@ -1024,7 +1059,8 @@ function Server:close()
   M.serving[self.ident] = nil
   pcall(self.listener.close, self.listener)
   for _, c in ipairs(self.clients) do pcall(c.close, c) end
-  self.clients, self.blocked = {}, {}
+  for c in pairs(self.greeting) do pcall(c.close, c) end
+  self.clients, self.blocked, self.greeting = {}, {}, {}
 end
 
 return M

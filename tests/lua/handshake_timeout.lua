@@ -3,8 +3,8 @@
 -- client that connects and says nothing is turned away by accept(), and a
 -- Client with an authkey that reaches a Listener without one gives up,
 -- each with AuthenticationError after a few seconds (CPython waits for
--- ever in both cases; a manager's server, which serves everyone from one
--- loop, would stall).
+-- ever in both cases); and a manager's server, which serves everyone from
+-- one loop, goes on serving its other clients meanwhile.
 local T = require("testlib")
 local mp = T.setup()
 local connection = mp.connection
@@ -52,6 +52,27 @@ do -- a Client with an authkey facing a Listener without one gives up
   T.check(waited >= 2 and waited < 10, ("Client gave up after %.1f s"):format(waited))
   p:kill()
   p:join(10)
+end
+
+do -- a manager's server serves its clients while a new one says nothing
+  local m = mp.Manager()
+  local d = m:dict()
+  d.warm = true
+  local silent = connection.Client(m.address)  -- no authkey: answers nothing
+  mp.sleep(0.05)  -- the server has accepted it by now
+  local t0 = mp.monotonic()
+  for i = 1, 20 do d[i] = i end
+  local took = mp.monotonic() - t0
+  T.check(took < 1, ("20 calls while a client stayed silent took %.2f s"):format(took))
+  T.eq(#d, 21, "the calls went through")
+  local challenge = silent:recv_bytes()
+  T.check(challenge:find("#CHALLENGE#", 1, true) == 1, "the silent client was challenged")
+  local waited, ok, err = timed(silent.recv_bytes, silent)
+  T.check(not ok and mp.is_error(err, "EOFError"), "then turned away: " .. tostring(err))
+  T.check(waited >= 2 and waited < 10, ("after %.1f s"):format(waited))
+  T.eq(d[20], 20, "the server goes on")
+  silent:close()
+  m:shutdown()
 end
 
 T.done()
