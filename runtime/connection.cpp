@@ -343,6 +343,34 @@ void Channel::ensure(size_t bytes) {
   while (end_ - start_ < bytes) fill();
 }
 
+bool Channel::frame_buffered(uint64_t maxlength) {
+  if (!in_) in_ = std::make_unique_for_overwrite<char[]>(kInCapacity);
+  for (;;) {
+    size_t have = end_ - start_;
+    if (have >= kHeaderSize) {
+      uint64_t len;
+      try {
+        len = parse_header(in_.get() + start_);
+      } catch (const Error&) {
+        return true;  // garbage: recv_frame says so
+      }
+      if (len > maxlength || have >= kHeaderSize + len || len > kInCapacity - kHeaderSize) return true;
+    }
+    if (start_ > 0) {
+      memmove(in_.get(), in_.get() + start_, have);
+      start_ = 0;
+      end_ = have;
+    }
+    ssize_t n = recv(fd_, in_.get() + end_, kInCapacity - end_, MSG_DONTWAIT);
+    if (n > 0) {
+      end_ += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? false : true;  // EOF, errors: recv_frame says
+  }
+}
+
 std::string_view Channel::recv_frame(uint64_t maxlength) {
   large_.reset();
   if (ring_) return ring_recv(maxlength);
@@ -798,19 +826,23 @@ ServerHandshake::ServerHandshake(Channel& ch, std::string_view key)
     : key_(key), expected_(send_challenge(ch, key)) {}
 
 bool ServerHandshake::step(Channel& ch) {
-  std::string_view message = recv_handshake(ch);
-  switch (stage_) {
-    case Stage::digest:
-      check_digest(ch, message, expected_);
-      stage_ = Stage::challenge;
-      return false;
-    case Stage::challenge:
-      answer(ch, key_, message);
-      stage_ = Stage::welcome;
-      return false;
-    case Stage::welcome:
-      check_welcome(message);
-      return true;
+  // Only whole frames: a client that sends part of one and stops must not
+  // hold the server (its bytes wait in the buffer for the rest).
+  while (ch.frame_buffered(kMaxHandshake)) {
+    std::string_view message = recv_handshake(ch);
+    switch (stage_) {
+      case Stage::digest:
+        check_digest(ch, message, expected_);
+        stage_ = Stage::challenge;
+        break;
+      case Stage::challenge:
+        answer(ch, key_, message);
+        stage_ = Stage::welcome;
+        break;
+      case Stage::welcome:
+        check_welcome(message);
+        return true;
+    }
   }
   return false;
 }

@@ -99,6 +99,12 @@ class Channel {
   // True once a frame (or part of one) can be read without blocking;
   // timeout < 0: no limit.
   bool poll(double timeout);
+  // A socket connection's: reads what the socket holds now, without
+  // blocking, and returns true once recv_frame(maxlength) would not block
+  // (a whole frame is buffered, or its header is too long or garbage, or
+  // the peer has closed). Part of a frame stays buffered, so the fd stops
+  // polling readable until more comes.
+  bool frame_buffered(uint64_t maxlength);
 
   // For a wait over many fds: arm() makes the peer ring the socket when
   // it sends (a Pipe end) and returns true when a message is ready now;
@@ -192,8 +198,9 @@ void answer_challenge(Channel& ch, std::string_view key);
 // The listening side of the same exchange (deliver, then answer) in steps,
 // for a server that serves everyone from one loop and must not wait on a
 // client that connects and then says nothing: the constructor sends the
-// challenge; step() takes one handshake message, to be called when the
-// channel is readable, and returns true once both directions have passed.
+// challenge; step(), to be called when the channel is readable, takes the
+// whole handshake messages that have come and returns true once both
+// directions have passed.
 class ServerHandshake {
  public:
   ServerHandshake(Channel& ch, std::string_view key);

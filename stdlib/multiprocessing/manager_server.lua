@@ -961,8 +961,7 @@ end
 -- One step of c's challenge, c being readable; once it passes, c is a
 -- client like the others.
 function Server:_greet(c)
-  local ok, done
-  repeat ok, done = pcall(c._handshake_step, c) until not ok or done or c:_pending() == 0
+  local ok, done = pcall(c._handshake_step, c)
   if ok and not done then return end
   self.greeting[c] = nil
   self.watch = nil

@@ -72,6 +72,22 @@ do -- a manager's server serves its clients while a new one says nothing
   T.check(waited >= 2 and waited < 10, ("after %.1f s"):format(waited))
   T.eq(d[20], 20, "the server goes on")
   silent:close()
+
+  -- nor while one sends part of a frame and stops
+  local ffi = require("ffi")
+  pcall(ffi.cdef, "long write(int, const void*, unsigned long);")
+  local partial = connection.Client(m.address)
+  partial:recv_bytes()  -- the challenge
+  T.eq(tonumber(ffi.C.write(partial:fileno(), "LM\0", 3)), 3, "part of a frame header sent")
+  mp.sleep(0.05)
+  t0 = mp.monotonic()
+  for i = 1, 20 do d[i] = -i end
+  took = mp.monotonic() - t0
+  T.check(took < 1, ("20 calls while a client sent part of a frame took %.2f s"):format(took))
+  waited, ok, err = timed(partial.recv_bytes, partial)
+  T.check(not ok and mp.is_error(err, "EOFError"), "then turned away: " .. tostring(err))
+  T.check(waited >= 2 and waited < 10, ("after %.1f s"):format(waited))
+  partial:close()
   m:shutdown()
 end
 
