@@ -766,8 +766,12 @@ constexpr double kHandshakeSeconds = 3;
 // is an authentication failure, whatever the transport error was.
 std::string_view recv_handshake(Channel& ch) {
   try {
-    if (!ch.poll(kHandshakeSeconds))
-      fail(ErrType::AuthenticationError, "authkey challenge failed: no answer within %g s", kHandshakeSeconds);
+    double deadline = now() + kHandshakeSeconds;
+    while (!ch.frame_buffered(kMaxHandshake)) {  // part of a frame does not count
+      double left = deadline - now();
+      if (left <= 0 || !poll_fd(ch.fd(), POLLIN, left))
+        fail(ErrType::AuthenticationError, "authkey challenge failed: no answer within %g s", kHandshakeSeconds);
+    }
     return ch.recv_frame(kMaxHandshake);
   } catch (const Error& e) {
     if (e.type() == ErrType::AuthenticationError) throw;

@@ -1,10 +1,11 @@
 -- luamp-test: once
 -- handshake_timeout.lua — an authkey handshake never waits for ever: a
--- client that connects and says nothing is turned away by accept(), and a
--- Client with an authkey that reaches a Listener without one gives up,
--- each with AuthenticationError after a few seconds (CPython waits for
--- ever in both cases); and a manager's server, which serves everyone from
--- one loop, goes on serving its other clients meanwhile.
+-- client that connects and says nothing (or part of a message) is turned
+-- away by accept(), and a Client with an authkey that reaches a Listener
+-- without one gives up, each with AuthenticationError after a few seconds
+-- (CPython waits for ever in both cases); and a manager's server, which
+-- serves everyone from one loop, goes on serving its other clients
+-- meanwhile.
 local T = require("testlib")
 local mp = T.setup()
 local connection = mp.connection
@@ -32,6 +33,19 @@ do -- a silent client: accept() gives up
   local c = listener:accept()
   T.eq(c:recv(), "hello", "a later client is served")
   p:join(10)
+  listener:close()
+end
+
+do -- a client that sends part of a frame and stops: accept() gives up too
+  local ffi = require("ffi")
+  pcall(ffi.cdef, "long write(int, const void*, unsigned long);")
+  local listener = connection.Listener{ authkey = "key" }
+  local partial = connection.Client(listener.address)
+  T.eq(tonumber(ffi.C.write(partial:fileno(), "LM\0", 3)), 3, "part of a frame header sent")
+  local waited, ok, err = timed(listener.accept, listener)
+  T.check(not ok and mp.is_error(err, "AuthenticationError"), "accept raised AuthenticationError: " .. tostring(err))
+  T.check(waited >= 2 and waited < 10, ("accept gave up after %.1f s"):format(waited))
+  partial:close()
   listener:close()
 end
 
