@@ -503,6 +503,13 @@ int l_core_conn_fd_from_process(lua_State* L) {
   return 1;
 }
 
+// core.conn_yield() -> false when the CPU should not be yielded now (see
+// conn::yield_to_peers)
+int l_core_conn_yield(lua_State* L) {
+  lua_pushboolean(L, conn::yield_to_peers());
+  return 1;
+}
+
 // core.close_fd(fd): closes an fd nobody owns (a failed handle rebuild)
 int l_core_close_fd(lua_State* L) {
   close(static_cast<int>(luaL_checkinteger(L, 1)));
@@ -516,6 +523,7 @@ const luaL_Reg kFuncs[] = {
     {"conn_listen", wrap<l_core_conn_listen>},
     {"conn_connect", wrap<l_core_conn_connect>},
     {"conn_wait", wrap<l_core_conn_wait>},
+    {"conn_yield", l_core_conn_yield},
     {"conn_fd_id", wrap<l_core_conn_fd_id>},
     {"conn_fd_from_process", wrap<l_core_conn_fd_from_process>},
     {"close_fd", l_core_close_fd},

@@ -98,11 +98,61 @@ bool poll_fd(int fd, short events, double timeout) {
   }
 }
 
+// With one usable CPU the peer can only answer once this process lets it
+// run (a socket receive, a Pipe end's ring, the manager server's loop). A sched_yield() does that without a futex wake-up (~3 us per round
+// trip here against ~5 us) when nothing else wants this CPU; but with
+// another busy process on it, each yield hands that process a whole time
+// slice (~1.5 ms per round trip measured, against ~9 us sleeping on the
+// futex). So a yield that took longer than kSlowYieldNs stops all yielding
+// in this process for a while: 1 ms at first, twice as long after each
+// slow yield that follows, back to 1 ms after kFastYields fast ones in a
+// row. A busy neighbour that stays then costs one slice every 64 ms (about
+// half of the yields that probe it are fast: it is not always due to run);
+// one that comes and goes costs little. Under the load of other builds
+// and tests on this VM, pinned pipe_bytes_pingpong took ~3-4.5 us per
+// round trip this way, ~6-7.6 us when a slow yield stopped the yielding
+// for a fixed 50 ms.
+constexpr int64_t kSlowYieldNs = 100'000;
+constexpr int64_t kMinNoYieldNs = 1'000'000;
+constexpr int64_t kMaxNoYieldNs = 64'000'000;
+constexpr int kFastYields = 1000;
+int64_t g_no_yield_until = 0;
+int64_t g_no_yield_ns = kMinNoYieldNs;
+int g_fast_yields = 0;
+
+// One sched_yield(), unless yields have proved slow lately (then false: the
+// caller should sleep instead).
+bool yield_cpu() {
+  int64_t t = futex::now_ns();
+  if (t < g_no_yield_until) return false;
+  sched_yield();
+  int64_t after = futex::now_ns();
+  if (after - t > kSlowYieldNs) {
+    g_no_yield_until = after + g_no_yield_ns;
+    g_no_yield_ns = std::min(2 * g_no_yield_ns, kMaxNoYieldNs);
+    g_fast_yields = 0;
+  } else if (++g_fast_yields >= kFastYields) {
+    g_no_yield_ns = kMinNoYieldNs;
+  }
+  return true;
+}
+
+// Yields until ready() holds, for up to `budget_ns`. False if it does not.
+template <typename F>
+bool yield_until(F ready, int64_t budget_ns) {
+  int64_t end = futex::now_ns() + budget_ns;
+  while (yield_cpu()) {
+    if (ready()) return true;
+    if (futex::now_ns() >= end) return false;
+  }
+  return ready();
+}
+
 // Receives at least one byte into p[0, room): spins for a moment (unless
 // `spin` is false: a Pipe end reads its socket only when bytes are known to
 // come), then blocks. Throws EOFError at end of stream.
 size_t recv_some(int fd, char* p, size_t room, bool after_send, bool spin) {
-  if (after_send && single_cpu()) sched_yield();
+  if (after_send && single_cpu()) yield_cpu();
   double until = 0;
   while (spin) {
     ssize_t n = recv(fd, p, room, MSG_DONTWAIT);
@@ -112,7 +162,7 @@ size_t recv_some(int fd, char* p, size_t room, bool after_send, bool spin) {
     if (errno != EAGAIN) fail_recv(errno);
     if (until == 0) until = now() + kSpinSeconds;
     else if (now() >= until) break;
-    sched_yield();
+    if (!yield_cpu()) break;
   }
   for (;;) {
     ssize_t n = recv(fd, p, room, 0);
@@ -198,49 +248,6 @@ constexpr int64_t kRingSpinNs = 50000;
 // peer is gone (a peer killed by a signal announces nothing; a close wakes
 // it at once).
 constexpr int64_t kPeerCheckNs = 100'000'000;
-// With one usable CPU the peer can only answer once this process lets it
-// run. A sched_yield() does that without a futex wake-up (~3 us per round
-// trip here against ~5 us) when nothing else wants this CPU; but with
-// another busy process on it, each yield hands that process a whole time
-// slice (~1.5 ms per round trip measured, against ~9 us sleeping on the
-// futex). So a yield that took longer than kSlowYieldNs stops all yielding
-// in this process for a while: 1 ms at first, twice as long after each
-// slow yield that follows, back to 1 ms after kFastYields fast ones in a
-// row. A busy neighbour that stays then costs one slice every 64 ms (about
-// half of the yields that probe it are fast: it is not always due to run);
-// one that comes and goes costs little. Under the load of other builds
-// and tests on this VM, pinned pipe_bytes_pingpong took ~3-4.5 us per
-// round trip this way, ~6-7.6 us when a slow yield stopped the yielding
-// for a fixed 50 ms.
-constexpr int64_t kSlowYieldNs = 100'000;
-constexpr int64_t kMinNoYieldNs = 1'000'000;
-constexpr int64_t kMaxNoYieldNs = 64'000'000;
-constexpr int kFastYields = 1000;
-int64_t g_no_yield_until = 0;
-int64_t g_no_yield_ns = kMinNoYieldNs;
-int g_fast_yields = 0;
-
-template <typename F>
-bool yield_until(F ready) {
-  int64_t t = futex::now_ns();
-  if (t < g_no_yield_until) return false;
-  int64_t end = t + kRingSpinNs;
-  for (;;) {
-    sched_yield();
-    int64_t after = futex::now_ns();
-    if (after - t > kSlowYieldNs) {
-      g_no_yield_until = after + g_no_yield_ns;
-      g_no_yield_ns = std::min(2 * g_no_yield_ns, kMaxNoYieldNs);
-      g_fast_yields = 0;
-      return ready();
-    }
-    if (++g_fast_yields >= kFastYields) g_no_yield_ns = kMinNoYieldNs;
-    if (ready()) return true;
-    if (after >= end) return false;
-    t = after;
-  }
-}
-
 // True when fd has something to read (bytes, EOF, an error) right now.
 bool readable_now(int fd) {
   pollfd p{fd, POLLIN, 0};
@@ -539,7 +546,7 @@ std::string_view Channel::ring_recv(uint64_t maxlength) {
 bool Channel::wait_ring() {
   pipe::Dir& d = ring_->in();
   auto ready = [this] { return ring_ready(); };
-  if (futex::several_cpus() ? futex::spin_until(ready, kRingSpinNs) : yield_until(ready)) return false;
+  if (futex::several_cpus() ? futex::spin_until(ready, kRingSpinNs) : yield_until(ready, kRingSpinNs)) return false;
   for (;;) {
     uint32_t bell = d.bell.load(std::memory_order_seq_cst);
     d.armed.store(pipe::kOnFutex, std::memory_order_seq_cst);
@@ -852,6 +859,8 @@ bool ServerHandshake::step(Channel& ch) {
 }
 
 // -- Waiting -------------------------------------------------------------------------
+
+bool yield_to_peers() { return yield_cpu(); }
 
 std::vector<bool> wait_fds(const std::vector<int>& fds, double timeout) {
   std::vector<pollfd> p(fds.size());

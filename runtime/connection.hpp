@@ -221,6 +221,12 @@ class ServerHandshake {
 // < 0: no limit. Returns one flag per fd (all false on timeout).
 std::vector<bool> wait_fds(const std::vector<int>& fds, double timeout);
 
+// For a loop that polls while its peers work (the manager server): one
+// sched_yield(), unless yields have proved slow lately because another
+// process wants this CPU (each would hand it a whole time slice); false
+// then, and the caller should sleep instead.
+bool yield_to_peers();
+
 // -- Taking another process's fd ----------------------------------------------
 
 // What an open file is, whichever process holds it and under what number.

@@ -36,10 +36,7 @@ local type, select, unpack, pairs, ipairs, tostring, xpcall, pcall, error =
   type, select, unpack, pairs, ipairs, tostring, xpcall, pcall, error
 local co_create, co_resume, co_yield = coroutine.create, coroutine.resume, coroutine.yield
 local raise, is_error = core.error, core.is_error
-local conn_wait, monotonic = core.conn_wait, core.monotonic
-local ffi = require("ffi")
-pcall(ffi.cdef, "int sched_yield(void);")
-local C = ffi.C
+local conn_wait, conn_yield, monotonic = core.conn_wait, core.conn_yield, core.monotonic
 
 local M = {}
 
@@ -1013,7 +1010,7 @@ function Server:_wait(fds, spin)
   if spin then
     local deadline = monotonic() + SPIN
     repeat
-      C.sched_yield()
+      if not conn_yield() then break end  -- another process wants this CPU: sleep
       ready = conn_wait(fds, 0)
       if any(ready) then return ready end
     until monotonic() >= deadline
