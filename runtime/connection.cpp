@@ -54,19 +54,11 @@ double now() {
 // sleeps in the kernel. A ping-pong partner usually answers within a few
 // microseconds; waking a sleeping process on another vCPU costs tens. With
 // one usable CPU, sched_yield() hands the CPU straight to the peer that the
-// last send woke, which beats a sleep and a wake-up too.
+// last send woke, which beats a sleep and a wake-up too. The socket is asked
+// before the first yield: when the send woke a sleeping peer, the kernel
+// often runs it at once, and the answer is already there (yielding first
+// cost two needless context switches per round trip, pinned).
 constexpr double kSpinSeconds = 50e-6;
-
-// With one usable CPU an answer cannot arrive before the peer has run: a
-// receive that follows a send yields first instead of asking the socket in
-// vain (one syscall fewer per message when pinned).
-bool single_cpu() {
-  static const bool single = [] {
-    cpu_set_t set;
-    return sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) == 1;
-  }();
-  return single;
-}
 
 // -- Errors ----------------------------------------------------------------------
 
@@ -151,8 +143,7 @@ bool yield_until(F ready, int64_t budget_ns) {
 // Receives at least one byte into p[0, room): spins for a moment (unless
 // `spin` is false: a Pipe end reads its socket only when bytes are known to
 // come), then blocks. Throws EOFError at end of stream.
-size_t recv_some(int fd, char* p, size_t room, bool after_send, bool spin) {
-  if (after_send && single_cpu()) yield_cpu();
+size_t recv_some(int fd, char* p, size_t room, bool spin) {
   double until = 0;
   while (spin) {
     ssize_t n = recv(fd, p, room, MSG_DONTWAIT);
@@ -316,7 +307,6 @@ void Channel::send_prepared() {
   put_header(out_.data(), len);
   iovec iov{out_.data(), out_.size()};
   send_all(fd_, &iov, 1);
-  sent_last_ = true;
 }
 
 void Channel::send_frame(std::string_view payload) {
@@ -331,12 +321,10 @@ void Channel::send_frame(std::string_view payload) {
   put_header(header, payload.size());
   iovec iov[2] = {{header, kHeaderSize}, {const_cast<char*>(payload.data()), payload.size()}};
   send_all(fd_, iov, 2);
-  sent_last_ = true;
 }
 
 void Channel::fill() {
-  bool after_send = std::exchange(sent_last_, false);
-  end_ += recv_some(fd_, in_.get() + end_, kInCapacity - end_, after_send && !ring_, !ring_);
+  end_ += recv_some(fd_, in_.get() + end_, kInCapacity - end_, !ring_);
 }
 
 void Channel::ensure(size_t bytes) {
@@ -418,7 +406,7 @@ std::string_view Channel::recv_large(uint64_t len) {
       (void)large_.release();
       large_.reset(grown);
     }
-    have += recv_some(fd_, large_.get() + have, cap - have, false, !ring_);
+    have += recv_some(fd_, large_.get() + have, cap - have, !ring_);
   }
   return {large_.get(), len};
 }

@@ -150,7 +150,6 @@ class Channel {
   std::string out_;
   std::unique_ptr<char[]> in_;  // receive buffer, kInCapacity bytes
   size_t start_ = 0, end_ = 0;  // unread bytes: in_[start_, end_)
-  bool sent_last_ = false;      // the last operation was a send: an answer may be coming
   struct Free {
     void operator()(char* p) const { free(p); }
   };
