@@ -994,9 +994,10 @@ function Server:_watch()
   return watch, fds
 end
 
--- Waits for ready fds: a look without sleeping, then (after activity) a
--- short spin, since a client that was just answered usually asks again
--- within microseconds and waking a sleeping process costs tens; then a sleep.
+-- Waits for ready fds: after activity a short spin, yielding before each
+-- look (the client just answered needs the CPU before it can ask again,
+-- and it usually asks within microseconds, while waking a sleeping process
+-- costs tens); then a sleep.
 local function any(ready)
   for i = 1, #ready do
     if ready[i] then return true end
@@ -1005,13 +1006,11 @@ local function any(ready)
 end
 
 function Server:_wait(fds, spin)
-  local ready = conn_wait(fds, 0)
-  if any(ready) then return ready end
   if spin then
     local deadline = monotonic() + SPIN
     repeat
       if not conn_yield() then break end  -- another process wants this CPU: sleep
-      ready = conn_wait(fds, 0)
+      local ready = conn_wait(fds, 0)
       if any(ready) then return ready end
     until monotonic() >= deadline
   end
