@@ -13,16 +13,7 @@ pcall(ffi.cdef, "long write(int, const void*, size_t);")
 
 local start = T.start
 
-local function joined(p, what)
-  p:join(30)
-  T.eq(p.exitcode, 0, (what or p.name) .. " exit code")
-end
-
-local function elapsed(fn, ...)
-  local t0 = mp.monotonic()
-  local r = fn(...)
-  return mp.monotonic() - t0, r
-end
+local joined, elapsed = T.joined, T.elapsed
 
 -- -- Values and bytes in one process ----------------------------------------------
 

@@ -11,10 +11,7 @@ local Listener, Client = connection.Listener, connection.Client
 
 local start = T.start
 
-local function joined(p, what)
-  p:join(30)
-  T.eq(p.exitcode, 0, (what or p.name) .. " exit code")
-end
+local joined = T.joined
 
 local ffi = require("ffi")
 pcall(ffi.cdef, "int access(const char*, int);")

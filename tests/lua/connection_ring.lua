@@ -12,16 +12,7 @@ local mp = T.setup()
 
 local start = T.start
 
-local function joined(p, what)
-  p:join(30)
-  T.eq(p.exitcode, 0, (what or p.name) .. " exit code")
-end
-
-local function elapsed(fn, ...)
-  local t0 = mp.monotonic()
-  local r = fn(...)
-  return mp.monotonic() - t0, r
-end
+local joined, elapsed = T.joined, T.elapsed
 
 -- A message of n bytes that says which one it is.
 local function message(i, n)

@@ -12,6 +12,7 @@
 
 #include "clock.hpp"
 #include "connection.hpp"
+#include "error_of.hpp"
 #include "errors.hpp"
 
 using namespace luamp;
@@ -30,16 +31,6 @@ struct Pair {
   explicit Pair(std::array<int, 2> fds) : a(fds[0]), b(fds[1]) {}
   conn::Channel a, b;
 };
-
-ErrType error_of(auto&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.type();
-  }
-  FAIL("no error raised");
-  return ErrType::Error;
-}
 
 }  // namespace
 

@@ -12,6 +12,7 @@
 
 #include "clock.hpp"
 #include "connection.hpp"
+#include "error_of.hpp"
 #include "errors.hpp"
 #include "pipe_ring.hpp"
 
@@ -36,16 +37,6 @@ struct PipePair {
   }
   conn::Channel a, b;
 };
-
-ErrType error_of(auto&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.type();
-  }
-  FAIL("no error raised");
-  return ErrType::Error;
-}
 
 std::string message(int i, size_t n) {
   std::string s = std::to_string(i) + ":";

@@ -78,6 +78,19 @@ function T.start(fn, ...)
   return p
 end
 
+-- Joins p (up to 30 s) and checks it exited with 0.
+function T.joined(p, what)
+  p:join(30)
+  T.eq(p.exitcode, 0, (what or p.name) .. " exit code")
+end
+
+-- Seconds fn(...) took, and its first result.
+function T.elapsed(fn, ...)
+  local t0 = mp.monotonic()
+  local r = fn(...)
+  return mp.monotonic() - t0, r
+end
+
 -- Joins every process (up to 30 s each) and checks each exited with 0.
 function T.join_all(ps)
   for _, p in ipairs(ps) do p:join(30) end
