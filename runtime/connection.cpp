@@ -239,14 +239,6 @@ constexpr int64_t kRingSpinNs = 50000;
 // peer is gone (a peer killed by a signal announces nothing; a close wakes
 // it at once).
 constexpr int64_t kPeerCheckNs = 100'000'000;
-// True when fd has something to read (bytes, EOF, an error) right now.
-bool readable_now(int fd) {
-  pollfd p{fd, POLLIN, 0};
-  int r;
-  do r = ::poll(&p, 1, 0);
-  while (r < 0 && errno == EINTR);
-  return r > 0;
-}
 
 }  // namespace
 
@@ -356,13 +348,20 @@ bool Channel::frame_buffered(uint64_t maxlength) {
       start_ = 0;
       end_ = have;
     }
+    int r = read_now();
+    if (r <= 0) return r < 0;  // EOF, errors: recv_frame says
+  }
+}
+
+int Channel::read_now() {
+  for (;;) {
     ssize_t n = recv(fd_, in_.get() + end_, kInCapacity - end_, MSG_DONTWAIT);
     if (n > 0) {
       end_ += static_cast<size_t>(n);
-      continue;
+      return 1;
     }
     if (n < 0 && errno == EINTR) continue;
-    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? false : true;  // EOF, errors: recv_frame says
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 0 : -1;
   }
 }
 
@@ -542,7 +541,7 @@ bool Channel::wait_ring() {
     if (!ready()) futex::wait(reinterpret_cast<uint32_t*>(&d.bell), bell, futex::now_ns() + kPeerCheckNs);
     d.armed.store(pipe::kAwake, std::memory_order_seq_cst);
     if (ready()) return false;
-    if (readable_now(fd_)) return true;
+    if (poll_fd(fd_, POLLIN, 0)) return true;
   }
 }
 
@@ -570,11 +569,8 @@ bool Channel::settle() {
   for (;;) {
     drop_doorbells();
     if (end_ > start_ || ring_ready()) return true;
-    ssize_t n = recv(fd_, in_.get() + end_, kInCapacity - end_, MSG_DONTWAIT);
-    if (n > 0) end_ += static_cast<size_t>(n);
-    else if (n == 0) return true;  // EOF: recv reports it
-    else if (errno == EAGAIN) return false;
-    else if (errno != EINTR) return true;  // recv reports the error
+    int r = read_now();
+    if (r <= 0) return r < 0;  // EOF, errors: recv reports them
   }
 }
 

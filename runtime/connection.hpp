@@ -125,6 +125,7 @@ class Channel {
 
  private:
   void fill();                // reads more bytes into the buffer (blocks)
+  int read_now();             // reads what the socket holds, without blocking: 1 some, 0 none yet, -1 EOF/error
   void ensure(size_t bytes);  // buffer holds at least `bytes` unread bytes
   std::string_view recv_large(uint64_t len);
   std::string_view recv_socket_frame(uint64_t maxlength);

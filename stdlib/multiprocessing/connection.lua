@@ -257,11 +257,16 @@ function M.Listener(address, family, backlog, authkey)
   return self
 end
 
--- Listener:accept() -> Connection (after the challenge when there is an authkey)
-function Listener:accept()
+-- The fd of the next connection; notes the peer's address.
+local function take(self)
   local fd, host, port = self._sock:accept()
   self.last_accepted = host and { host, port } or nil
-  return authenticated(fd, self._authkey, true)
+  return fd
+end
+
+-- Listener:accept() -> Connection (after the challenge when there is an authkey)
+function Listener:accept()
+  return authenticated(take(self), self._authkey, true)
 end
 
 -- Listener:_accept_pending() -> a Connection whose challenge (if there is an
@@ -269,9 +274,7 @@ end
 -- readable, true once it has passed. For a server that serves everyone from
 -- one loop (managers), where accept() could wait on a silent client.
 function Listener:_accept_pending()
-  local fd, host, port = self._sock:accept()
-  self.last_accepted = host and { host, port } or nil
-  local c = core.conn_wrap(fd, true, true, false)
+  local c = core.conn_wrap(take(self), true, true, false)
   if self._authkey then or_close(c, "_handshake_begin", self._authkey) end
   return c
 end
