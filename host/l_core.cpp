@@ -132,6 +132,16 @@ int l_core_exit(lua_State* L) {
   exit_process(code);
 }
 
+// core.gc_resume(): restarts a stopped collector as if a cycle had just
+// ended, so that it next runs after the heap has grown by the pause
+// (collectgarbage("restart") makes it step at the next allocation). A new
+// child uses it: a step there marks, and so copies, pages it shares with
+// its parent, and a short child would pay for it without ever collecting.
+int l_core_gc_resume(lua_State* L) {
+  lua_gc(L, LUA_GCRESTART, -1);
+  return 0;
+}
+
 // core.isatty(fd) -> whether fd is a terminal (the Pool's progress bar)
 int l_core_isatty(lua_State* L) {
   lua_pushboolean(L, isatty(static_cast<int>(luaL_checkinteger(L, 1))));
@@ -157,6 +167,7 @@ const luaL_Reg kFuncs[] = {
     {"atexit", l_core_atexit},
     {"exit", l_core_exit},
     {"flush", l_core_flush},
+    {"gc_resume", l_core_gc_resume},
     {"isatty", l_core_isatty},
     {nullptr, nullptr},
 };

@@ -69,9 +69,45 @@ double now_monotonic() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
+// -- Where a fork child starts -----------------------------------------------
+//
+// The kernel starts a new process on the idlest CPU. On this project's
+// 2-vCPU VMs that costs a short child more than its whole work: waking the
+// idle vCPU, then running with caches that hold nothing of the pages it
+// shares with its parent (a fork+exit+wait took 0.45 ms that way against
+// 0.33 ms on the parent's CPU, A/B in scripts/bench/README.md). So while
+// this process's children end quickly and none is running, the next one
+// starts on the parent's CPU: the parent narrows its own affinity to that
+// CPU around fork() (the child inherits it at the moment it is placed) and
+// both then restore the full mask, leaving the load balancer free to move
+// either. A child that turns out long shares the CPU until the balancer
+// moves it (~3 ms here, once); the next start is placed as usual again.
+// Starting many children at once is left to the kernel too: they run in
+// parallel.
+
+// A child that ends within this long after its start counts as short.
+constexpr int64_t kShortChildNs = 1'000'000;
+
+int g_running = 0;             // registered, not yet reaped
+bool g_last_was_short = false;  // how the last reaped child went
+
 void mark_reaped(Child& c, int exitcode) {
   c.reaped = true;
   c.exitcode = exitcode;
+  --g_running;
+  g_last_was_short = futex::now_ns() - c.started_ns < kShortChildNs;
+}
+
+// Narrows this process to its current CPU for the next fork when that
+// child should start here; `saved` gets the mask to restore.
+bool pin_for_short_child(cpu_set_t* saved) {
+  if (!g_last_was_short || g_running > 0 || !futex::several_cpus()) return false;
+  int cpu = sched_getcpu();
+  if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof *saved, saved) != 0) return false;
+  cpu_set_t here;
+  CPU_ZERO(&here);
+  CPU_SET(cpu, &here);
+  return sched_setaffinity(0, sizeof here, &here) == 0;
 }
 
 // Reaps a fork/spawn/raw child; `options` is 0 (block) or WNOHANG.
@@ -187,7 +223,8 @@ void redirect_stdin_to_devnull() {
 
 Child& add_child(pid_t pid, int pidfd, Method method, int chan) {
   Child& c = registry()[pid];
-  c = Child{pid, pidfd, chan, method, false, 0};
+  c = Child{pid, pidfd, chan, method, false, 0, futex::now_ns()};
+  ++g_running;
   return c;
 }
 
@@ -218,6 +255,8 @@ void init_child(pid_t parent, bool keep_stdin) {
   // O(running siblings); starting 64 processes at once spent a fifth of its
   // time in close(). The forkserver's sockets are closed: their EOF matters.
   g_children = nullptr;
+  g_running = 0;
+  g_last_was_short = false;
   forkserver::forget_in_child();
   if (g_exit_report_fd >= 0) close_fd(g_exit_report_fd);
   if (!keep_stdin) redirect_stdin_to_devnull();
@@ -234,7 +273,10 @@ pid_t fork_child(Method method) {
   if (method != Method::raw) devnull();
   fflush(nullptr);
   pid_t parent = getpid();
+  cpu_set_t saved;
+  bool pinned = pin_for_short_child(&saved);
   pid_t pid = fork();
+  if (pinned) sched_setaffinity(0, sizeof saved, &saved);  // parent and child alike
   if (pid < 0) fail_errno("fork", errno);
   if (pid == 0) {
     init_child(parent, method == Method::raw);

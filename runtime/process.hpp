@@ -18,6 +18,8 @@
 #pragma once
 #include <sys/types.h>
 
+#include <cstdint>
+
 #include <optional>
 #include <string_view>
 #include <vector>
@@ -33,6 +35,7 @@ struct Child {
   Method method = Method::fork;
   bool reaped = false;
   int exitcode = 0;  // valid once reaped
+  int64_t started_ns = 0;  // monotonic, when it was registered
 };
 
 // -- Registry ----------------------------------------------------------------

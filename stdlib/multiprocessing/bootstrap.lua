@@ -23,13 +23,14 @@ local function traceback(err)
 end
 
 local function run_target(proc)
-  collectgarbage("restart")
+  core.gc_resume()
   return proc:run()
 end
 
 -- Runs `proc` as this process; never returns. The collector stays stopped
--- until the target runs: tracing the inherited heap during set-up would
--- write to, and so copy, every page shared with the parent.
+-- until the target runs, and then waits for the heap to grow: tracing the
+-- inherited heap would write to, and so copy, every page shared with the
+-- parent, which a short child would pay for without freeing anything.
 function M.run(proc, parent_pid, parent_name, authkey)
   collectgarbage("stop")
   process.become_child(proc, parent_pid, parent_name, authkey)

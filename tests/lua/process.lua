@@ -267,6 +267,25 @@ do
   end
 end
 
+-- -- CPU affinity ---------------------------------------------------------------------
+
+do -- a short child's successor may start on its parent's CPU (process.cpp); neither keeps that narrowed mask
+  local function cpus_allowed()
+    return T.read_file("/proc/self/status"):match("Cpus_allowed_list:%s*(%S+)")
+  end
+  local mine = cpus_allowed()
+  for _ = 1, 5 do
+    local p = mp.Process{target = function() end}
+    p:start(); p:join()
+  end
+  local got = in_child(function(emit) emit(cpus_allowed()) end)
+  T.eq(got, mine .. "\n", "the child after short ones may run on every CPU its parent may")
+  T.eq(cpus_allowed(), mine, "the parent's CPU affinity is restored")
+  local pid = mp.fork()
+  if pid == 0 then os.exit(cpus_allowed() == mine and 0 or 1) end
+  T.eq(mp.waitpid(pid), 0, "mp.fork() restores the mask too")
+end
+
 -- -- Contexts -----------------------------------------------------------------------
 
 do
