@@ -3,6 +3,7 @@
 #include "forkserver.hpp"
 
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include "pidfd.hpp"
 #include <sys/signalfd.h>
@@ -103,14 +104,14 @@ bool write_all(int fd, const void* data, size_t len) {
 // The start of a message on a work channel; the payload follows.
 struct WorkHeader {
   uint64_t len;
-  uint32_t nfds;  // fds attached to the header (SCM_RIGHTS)
-  uint32_t reserved;
+  uint32_t nfds;    // fds attached to the header (SCM_RIGHTS)
+  uint32_t placed;  // 1: the child was narrowed to its parent's CPU (proc::place_here)
 };
 
 // Sends the header with `fds` attached, then the payload. False when the
 // child is gone.
-bool send_work(int chan, std::string_view payload, const std::vector<int>& fds) {
-  WorkHeader w{payload.size(), static_cast<uint32_t>(fds.size()), 0};
+bool send_work(int chan, std::string_view payload, const std::vector<int>& fds, bool placed) {
+  WorkHeader w{payload.size(), static_cast<uint32_t>(fds.size()), placed ? 1U : 0U};
   iovec iov{&w, sizeof w};
   msghdr h{};
   h.msg_iov = &iov;
@@ -164,6 +165,12 @@ struct Client {
 // Made when the server starts; a new child abandons its parent's copy
 // (see proc's registry for why it is not freed).
 Client* g_client = nullptr;
+
+// Not ended yet. While it has not been reaped its pid cannot be reused.
+bool alive(const Idle& i) {
+  pollfd p{i.pidfd, POLLIN, 0};
+  return ::poll(&p, 1, 0) == 0;
+}
 
 void close_idle(Idle& i) {
   close(i.chan);
@@ -236,7 +243,10 @@ bool recv_work_header(int chan, WorkHeader* w, std::vector<int>* fds) {
 // child's fd limit): its Connections could not work.
 std::string idle_child_wait(int chan, std::vector<int>* fds) {
   WorkHeader w;
+  cpu_set_t mask;  // the server's, which a placed child gets back
+  bool known = sched_getaffinity(0, sizeof mask, &mask) == 0;
   if (!recv_work_header(chan, &w, fds)) _exit(0);
+  if (w.placed && known) sched_setaffinity(0, sizeof mask, &mask);
   if (fds->size() != w.nfds) {
     fprintf(stderr, "luamp: a forkserver child received %zu of %u Connection fds\n", fds->size(), w.nfds);
     _exit(1);
@@ -365,7 +375,8 @@ pid_t dispatch(std::string_view payload, const std::vector<int>& fds) {
     }
     Idle i = g_client->idle.front();
     g_client->idle.pop_front();
-    if (!send_work(i.chan, payload, fds)) {
+    bool placed = proc::next_child_is_short() && alive(i) && proc::place_here(i.pid);
+    if (!send_work(i.chan, payload, fds, placed)) {
       close_idle(i);  // died while idle (killed from outside): take the next
       continue;
     }

@@ -69,21 +69,21 @@ double now_monotonic() {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
-// -- Where a fork child starts -----------------------------------------------
+// -- Where a short child starts ----------------------------------------------
 //
-// The kernel starts a new process on the idlest CPU. On this project's
-// 2-vCPU VMs that costs a short child more than its whole work: waking the
-// idle vCPU, then running with caches that hold nothing of the pages it
-// shares with its parent (a fork+exit+wait took 0.45 ms that way against
-// 0.33 ms on the parent's CPU, A/B in scripts/bench/README.md). So while
-// this process's children end quickly and none is running, the next one
-// starts on the parent's CPU: the parent narrows its own affinity to that
-// CPU around fork() (the child inherits it at the moment it is placed) and
-// both then restore the full mask, leaving the load balancer free to move
-// either. A child that turns out long shares the CPU until the balancer
-// moves it (~3 ms here, once); the next start is placed as usual again.
-// Starting many children at once is left to the kernel too: they run in
-// parallel.
+// The kernel starts (and wakes) a process on an idle CPU when there is one.
+// On this project's 2-vCPU VMs that costs a short child more than its whole
+// work: waking the idle vCPU, then running with caches that hold nothing of
+// what it shares with its parent (fork+start+join: 0.40-0.45 ms that way,
+// 0.31-0.34 ms on the parent's CPU; a forkserver start 0.36 against 0.32,
+// A/B in scripts/bench/README.md). So while this process's children end
+// quickly and none is running, the next one runs on the parent's CPU: a
+// fork child inherits the parent's affinity narrowed around fork(), a
+// forkserver child is narrowed before it is woken, and each restores the
+// full mask first thing, leaving the load balancer free to move it. A child
+// that turns out long shares the CPU until the balancer moves one of them
+// (~3 ms here, once); the next start is placed as usual again. Starting many
+// children at once is left to the kernel: they run in parallel.
 
 // A child that ends within this long after its start counts as short.
 constexpr int64_t kShortChildNs = 1'000'000;
@@ -98,16 +98,15 @@ void mark_reaped(Child& c, int exitcode) {
   g_last_was_short = futex::now_ns() - c.started_ns < kShortChildNs;
 }
 
-// Narrows this process to its current CPU for the next fork when that
-// child should start here; `saved` gets the mask to restore.
-bool pin_for_short_child(cpu_set_t* saved) {
-  if (!g_last_was_short || g_running > 0 || !futex::several_cpus()) return false;
+// Narrows `pid` (0: this process) to the CPU this process runs on, keeping
+// its current mask in `saved`.
+bool pin_to_this_cpu(pid_t pid, cpu_set_t* saved) {
   int cpu = sched_getcpu();
-  if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof *saved, saved) != 0) return false;
+  if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(pid, sizeof *saved, saved) != 0) return false;
   cpu_set_t here;
   CPU_ZERO(&here);
   CPU_SET(cpu, &here);
-  return sched_setaffinity(0, sizeof here, &here) == 0;
+  return sched_setaffinity(pid, sizeof here, &here) == 0;
 }
 
 // Reaps a fork/spawn/raw child; `options` is 0 (block) or WNOHANG.
@@ -246,6 +245,13 @@ void release_child(pid_t pid) {
 
 // -- Starting ----------------------------------------------------------------
 
+bool next_child_is_short() { return g_last_was_short && g_running == 0 && futex::several_cpus(); }
+
+bool place_here(pid_t pid) {
+  cpu_set_t ignored;
+  return next_child_is_short() && pin_to_this_cpu(pid, &ignored);
+}
+
 void init_child(pid_t parent, bool keep_stdin) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(EXIT_FAILURE);  // parent died before prctl
@@ -274,7 +280,7 @@ pid_t fork_child(Method method) {
   fflush(nullptr);
   pid_t parent = getpid();
   cpu_set_t saved;
-  bool pinned = pin_for_short_child(&saved);
+  bool pinned = next_child_is_short() && pin_to_this_cpu(0, &saved);
   pid_t pid = fork();
   if (pinned) sched_setaffinity(0, sizeof saved, &saved);  // parent and child alike
   if (pid < 0) fail_errno("fork", errno);

@@ -59,6 +59,15 @@ void release_child(pid_t pid);
 // (registered under `method`). Throws OSError when fork fails.
 pid_t fork_child(Method method);
 
+// Whether the next child should run on this process's CPU (see "Where a
+// short child starts" in process.cpp): the last one ended quickly and none
+// is running. fork_child() acts on it by itself.
+bool next_child_is_short();
+// Narrows the idle process `pid`, not yet woken, to this process's CPU when
+// next_child_is_short(); it must restore its own mask once woken. Requires:
+// `pid` is known to be alive (a pid is reused once its process is reaped).
+bool place_here(pid_t pid);
+
 // Fds that travel with a start payload (the Connections among a Process's
 // args): a spawned child finds them from fd kFirstPassedFd on, a forkserver
 // child receives them with SCM_RIGHTS. At most kMaxPassedFds (the kernel's
