@@ -32,14 +32,26 @@ namespace luamp::proc {
 
 namespace {
 
-using Registry = std::unordered_map<pid_t, Child>;
-// Made on first use. A new child abandons its parent's copy instead of
-// clearing it: freeing the nodes would write to (and so copy) heap pages
-// shared with the parent, for nothing.
+// This process's children and how they have gone. The counts sit next to
+// the map's own, which every start and reap writes anyway: after a fork each
+// page the parent writes is copied once more.
+struct Registry {
+  std::unordered_map<pid_t, Child> children;
+  int running = 0;              // registered, not yet reaped
+  bool last_was_short = false;  // how the last reaped child went (see below)
+};
+
+// Made on first use, with room for the usual number of children (a rehash
+// allocates, and so writes, more pages). A new child abandons its parent's
+// copy instead of clearing it: freeing the nodes would write to (and so
+// copy) heap pages shared with the parent, for nothing.
 Registry* g_children = nullptr;
 
 Registry& registry() {
-  if (!g_children) g_children = new Registry;
+  if (!g_children) {
+    g_children = new Registry;
+    g_children->children.reserve(128);
+  }
   return *g_children;
 }
 std::string g_executable;  // empty: this process's own executable
@@ -88,14 +100,11 @@ double now_monotonic() {
 // A child that ends within this long after its start counts as short.
 constexpr int64_t kShortChildNs = 1'000'000;
 
-int g_running = 0;             // registered, not yet reaped
-bool g_last_was_short = false;  // how the last reaped child went
-
 void mark_reaped(Child& c, int exitcode) {
   c.reaped = true;
   c.exitcode = exitcode;
-  --g_running;
-  g_last_was_short = futex::now_ns() - c.started_ns < kShortChildNs;
+  --g_children->running;
+  g_children->last_was_short = futex::now_ns() - c.started_ns < kShortChildNs;
 }
 
 // Narrows `pid` (0: this process) to the CPU this process runs on, keeping
@@ -221,16 +230,17 @@ void redirect_stdin_to_devnull() {
 // -- Registry ----------------------------------------------------------------
 
 Child& add_child(pid_t pid, int pidfd, Method method, int chan) {
-  Child& c = registry()[pid];
+  Registry& r = registry();
+  Child& c = r.children[pid];
   c = Child{pid, pidfd, chan, method, false, 0, futex::now_ns()};
-  ++g_running;
+  ++r.running;
   return c;
 }
 
 Child* find_child(pid_t pid) {
   if (!g_children) return nullptr;
-  auto it = g_children->find(pid);
-  return it == g_children->end() ? nullptr : &it->second;
+  auto it = g_children->children.find(pid);
+  return it == g_children->children.end() ? nullptr : &it->second;
 }
 
 void release_child(pid_t pid) {
@@ -240,12 +250,14 @@ void release_child(pid_t pid) {
   if (!c->reaped) return;  // still running: the exit procedure will join it
   close_fd(c->pidfd);
   close_fd(c->chan);
-  g_children->erase(pid);
+  g_children->children.erase(pid);
 }
 
 // -- Starting ----------------------------------------------------------------
 
-bool next_child_is_short() { return g_last_was_short && g_running == 0 && futex::several_cpus(); }
+bool next_child_is_short() {
+  return g_children && g_children->last_was_short && g_children->running == 0 && futex::several_cpus();
+}
 
 bool place_here(pid_t pid) {
   cpu_set_t ignored;
@@ -261,8 +273,6 @@ void init_child(pid_t parent, bool keep_stdin) {
   // O(running siblings); starting 64 processes at once spent a fifth of its
   // time in close(). The forkserver's sockets are closed: their EOF matters.
   g_children = nullptr;
-  g_running = 0;
-  g_last_was_short = false;
   forkserver::forget_in_child();
   if (g_exit_report_fd >= 0) close_fd(g_exit_report_fd);
   if (!keep_stdin) redirect_stdin_to_devnull();
@@ -441,12 +451,12 @@ int waitpid_exitcode(pid_t pid) {
 
 void reap_raw_children() {
   if (!g_children) return;
-  for (auto it = g_children->begin(); it != g_children->end();) {
+  for (auto it = g_children->children.begin(); it != g_children->children.end();) {
     Child& c = it->second;
     if (c.method == Method::raw) {
       if (!c.reaped) reap_direct(c, 0);
       close_fd(c.pidfd);
-      it = g_children->erase(it);
+      it = g_children->children.erase(it);
     } else {
       ++it;
     }

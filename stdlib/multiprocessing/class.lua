@@ -10,11 +10,14 @@
 -- Metamethods (keys starting with "__") are copied into subclasses because
 -- Lua looks them up with rawget on the metatable.
 local setmetatable, rawget, pairs, type = setmetatable, rawget, pairs, type
+local table_new = require("table.new")
 
 local class = {}
 
+-- An instance starts with room for cls.__size fields, so that the fields a
+-- method adds later (Process:start after a fork) do not grow it then.
 local function construct(cls, ...)
-  local obj = setmetatable({}, cls)
+  local obj = setmetatable(table_new(0, cls.__size), cls)
   obj:init(...)
   return obj
 end
@@ -37,9 +40,10 @@ local function extend(parent)
 end
 
 -- Makes a root class named `name` whose instances compute the fields in
--- `getters` (name -> function(self)) on each read.
-function class.new(name, getters)
-  local cls = { __name = name, __getters = getters or {} }
+-- `getters` (name -> function(self)) on each read and usually hold about
+-- `size` fields of their own.
+function class.new(name, getters, size)
+  local cls = { __name = name, __getters = getters or {}, __size = size or 0 }
   cls.__index = make_index(cls, cls.__getters)
   cls.extend = extend
   cls.init = function() end

@@ -57,7 +57,8 @@ function getters.sentinel(self)
   return popen and popen:sentinel()
 end
 
-local Process = class.new("Process", getters)
+-- init sets 7 fields, start() 2 or 3 more.
+local Process = class.new("Process", getters, 12)
 Process.__mp_unsendable = "Process"
 M.Process = Process
 
