@@ -193,8 +193,12 @@ Rx client_receive(int flags) {
   if (fds[0] >= 0) close(fds[0]);
   if (fds[1] >= 0) close(fds[1]);
   if (m.type == kStatus) {
+    // Kept only for a child that will be collected from it: one that
+    // reported its exit code is collected from its report, which came
+    // before its exit and so before this message.
     proc::Child* c = proc::find_child(m.pid);
-    if (c && !c->reaped) g_client->statuses[m.pid] = proc::exitcode_from_status(m.status);
+    if (c && !c->reaped && !proc::reported_exit(*c))
+      g_client->statuses[m.pid] = proc::exitcode_from_status(m.status);
   }
   return Rx::message;
 }

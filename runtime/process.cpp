@@ -135,15 +135,23 @@ bool reap_direct(Child& c, int options) {
   }
 }
 
-// A forkserver child has ended: its own report, else the server's STATUS.
-// The report is peeked, not taken: it keeps the channel, which is the
-// sentinel, readable.
-void reap_forkserver_child(Child& c) {
+}  // namespace
+
+std::optional<int> reported_exit(const Child& c) {
   int code;
   ssize_t n;
   do n = recv(c.chan, &code, sizeof code, MSG_DONTWAIT | MSG_PEEK);
   while (n < 0 && errno == EINTR);
-  mark_reaped(c, n == sizeof code ? code : forkserver::await_status(c.pid));
+  if (n == sizeof code) return code;
+  return std::nullopt;
+}
+
+namespace {
+
+// A forkserver child has ended: its own report, else the server's STATUS.
+void reap_forkserver_child(Child& c) {
+  auto code = reported_exit(c);
+  mark_reaped(c, code ? *code : forkserver::await_status(c.pid));
 }
 
 void collect(Child& c) {

@@ -99,6 +99,10 @@ bool is_child();
 
 // A forkserver child reports its exit code on this fd just before exiting.
 void set_exit_report_fd(int fd);
+// The exit code a forkserver child reported on its channel (see
+// report_exit), if it did. The report is peeked, not taken: it keeps the
+// channel, which is the sentinel, readable.
+std::optional<int> reported_exit(const Child& c);
 // Called by the exit procedure with the final code: closes every other fd,
 // then reports.
 void report_exit(int code);
