@@ -87,15 +87,16 @@ double now_monotonic() {
 // On this project's 2-vCPU VMs that costs a short child more than its whole
 // work: waking the idle vCPU, then running with caches that hold nothing of
 // what it shares with its parent (fork+start+join: 0.40-0.45 ms that way,
-// 0.31-0.34 ms on the parent's CPU; a forkserver start 0.36 against 0.32,
-// A/B in scripts/bench/README.md). So while this process's children end
-// quickly and none is running, the next one runs on the parent's CPU: a
-// fork child inherits the parent's affinity narrowed around fork(), a
-// forkserver child is narrowed before it is woken, and each restores the
-// full mask first thing, leaving the load balancer free to move it. A child
-// that turns out long shares the CPU until the balancer moves one of them
-// (~3 ms here, once); the next start is placed as usual again. Starting many
-// children at once is left to the kernel: they run in parallel.
+// 0.31-0.34 ms on the parent's CPU; a forkserver start 0.36-0.40 against
+// 0.32-0.36; A/B in scripts/bench/README.md). So while this process's
+// children end quickly and none is running, the next one runs on the
+// parent's CPU: a fork child inherits the parent's affinity narrowed around
+// fork(), a forkserver child is narrowed before it is woken, and each
+// restores the full mask first thing, leaving the load balancer free to
+// move it. A child that turns out long shares the CPU until the balancer
+// moves one of them (~3 ms here, once); the next start is placed as usual
+// again. Starting many children at once is left to the kernel: they run in
+// parallel.
 
 // A child that ends within this long after its start counts as short.
 constexpr int64_t kShortChildNs = 1'000'000;

@@ -19,7 +19,6 @@
 #include <sys/types.h>
 
 #include <cstdint>
-
 #include <optional>
 #include <string_view>
 #include <vector>
