@@ -42,13 +42,7 @@ constexpr size_t kCopySend = 4096;         // send_frame copies payloads up to t
 constexpr size_t kLargeStep = 64 << 20;    // a large frame's first block; it doubles from there
 constexpr unsigned char kMagic0 = 0x4C, kMagic1 = 0x4D;
 
-// -- Clock and spinning --------------------------------------------------------
-
-double now() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
+// -- Spinning --------------------------------------------------------------------
 
 // How long a receiver polls (yielding the CPU between polls) before it
 // sleeps in the kernel. A ping-pong partner usually answers within a few
@@ -75,17 +69,12 @@ constexpr double kSpinSeconds = 50e-6;
 
 // Waits for `events` on fd; timeout < 0: no limit. False on timeout.
 bool poll_fd(int fd, short events, double timeout) {
-  double deadline = timeout < 0 ? 0 : now() + timeout;
+  int64_t deadline = futex::deadline_after(timeout);
   for (;;) {
-    int ms = -1;
-    if (timeout >= 0) {
-      double left = deadline - now();
-      ms = left <= 0 ? 0 : static_cast<int>(std::min(left * 1000.0 + 0.999, 2e9));
-    }
     pollfd p{fd, events, 0};
-    int r = ::poll(&p, 1, ms);
+    int r = ::poll(&p, 1, futex::poll_ms(deadline));
     if (r > 0) return true;
-    if (r == 0 && (timeout >= 0 && now() >= deadline)) return false;
+    if (r == 0 && deadline != futex::kNoDeadline && futex::now_ns() >= deadline) return false;
     if (r < 0 && errno != EINTR) fail_errno("poll", errno);
   }
 }
@@ -144,15 +133,15 @@ bool yield_until(F ready, int64_t budget_ns) {
 // `spin` is false: a Pipe end reads its socket only when bytes are known to
 // come), then blocks. Throws EOFError at end of stream.
 size_t recv_some(int fd, char* p, size_t room, bool spin) {
-  double until = 0;
+  int64_t until = 0;
   while (spin) {
     ssize_t n = recv(fd, p, room, MSG_DONTWAIT);
     if (n > 0) return static_cast<size_t>(n);
     if (n == 0) fail(ErrType::EOFError, "the other end of the connection is closed");
     if (errno == EINTR) continue;
     if (errno != EAGAIN) fail_recv(errno);
-    if (until == 0) until = now() + kSpinSeconds;
-    else if (now() >= until) break;
+    if (until == 0) until = futex::deadline_after(kSpinSeconds);
+    else if (futex::now_ns() >= until) break;
     if (!yield_cpu()) break;
   }
   for (;;) {
@@ -757,9 +746,9 @@ constexpr double kHandshakeSeconds = 3;
 // is an authentication failure, whatever the transport error was.
 std::string_view recv_handshake(Channel& ch) {
   try {
-    double deadline = now() + kHandshakeSeconds;
+    int64_t deadline = futex::deadline_after(kHandshakeSeconds);
     while (!ch.frame_buffered(kMaxHandshake)) {  // part of a frame does not count
-      double left = deadline - now();
+      double left = static_cast<double>(deadline - futex::now_ns()) / 1e9;
       if (left <= 0 || !poll_fd(ch.fd(), POLLIN, left))
         fail(ErrType::AuthenticationError, "authkey challenge failed: no answer within %g s", kHandshakeSeconds);
     }
@@ -854,7 +843,7 @@ std::vector<bool> wait_fds(const std::vector<int>& fds, double timeout) {
     chans[i] = Channel::of_fd(fds[i]);
   }
   auto chan = [&chans](size_t i) { return chans[i]; };
-  double deadline = timeout < 0 ? 0 : now() + timeout;
+  int64_t deadline = futex::deadline_after(timeout);
   std::vector<bool> ready(fds.size(), false);
   for (;;) {
     bool any = false;
@@ -862,14 +851,7 @@ std::vector<bool> wait_fds(const std::vector<int>& fds, double timeout) {
       ready[i] = chan(i) && chan(i)->arm();
       any = any || ready[i];
     }
-    int ms = -1;
-    if (any) {
-      ms = 0;
-    } else if (timeout >= 0) {
-      double left = deadline - now();
-      ms = left <= 0 ? 0 : static_cast<int>(std::min(left * 1000.0 + 0.999, 2e9));
-    }
-    int r = ::poll(p.data(), p.size(), ms);
+    int r = ::poll(p.data(), p.size(), any ? 0 : futex::poll_ms(deadline));
     int err = errno;
     for (size_t i = 0; i < fds.size(); ++i)
       if (chan(i)) chan(i)->disarm();
@@ -879,7 +861,7 @@ std::vector<bool> wait_fds(const std::vector<int>& fds, double timeout) {
       if (p[i].revents != 0 && !ready[i]) ready[i] = !chan(i) || chan(i)->settle();
       any = any || ready[i];
     }
-    if (any || (timeout >= 0 && now() >= deadline)) return ready;
+    if (any || (deadline != futex::kNoDeadline && futex::now_ns() >= deadline)) return ready;
   }
 }
 

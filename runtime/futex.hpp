@@ -2,7 +2,7 @@
 // (sync.cpp, queue.cpp): monotonic deadlines, futex wait/wake on words in
 // shared memory, and the bounded spin that comes before sleeping.
 //
-// Provides: luamp::futex — now_ns, deadline_after, wait, wake, several_cpus,
+// Provides: luamp::futex — now_ns, deadline_after, poll_ms, wait, wake, several_cpus,
 //           spin_until.
 // Uses:     futex(2) FUTEX_WAIT_BITSET with absolute CLOCK_MONOTONIC
 //           deadlines (a wait cut short by a signal resumes with the time
@@ -39,6 +39,14 @@ inline int64_t now_ns() {
 inline int64_t deadline_after(double timeout) {
   if (!(timeout >= 0) || timeout > 1e9) return kNoDeadline;
   return now_ns() + static_cast<int64_t>(timeout * 1e9);
+}
+
+// The poll(2) timeout that ends at `deadline`: -1 for none, whole
+// milliseconds rounded up, 0 once it has passed.
+inline int poll_ms(int64_t deadline) {
+  if (deadline == kNoDeadline) return -1;
+  int64_t left = deadline - now_ns();
+  return left <= 0 ? 0 : static_cast<int>(std::min<int64_t>((left + 999'999) / 1'000'000, INT_MAX));
 }
 
 // Sleeps while *word == expected, until woken or the absolute deadline.

@@ -75,12 +75,6 @@ void close_fd(int& fd) {
   fd = -1;
 }
 
-double now_monotonic() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
-}
-
 // -- Where a short child starts ----------------------------------------------
 //
 // The kernel starts (and wakes) a process on an idle CPU when there is one.
@@ -180,35 +174,28 @@ int end_fds(const Child& c, pollfd* p) {
   return 2;
 }
 
-bool spin_readable(const Child& c, double budget) {
-  double until = now_monotonic() + budget;
+bool spin_readable(const Child& c, int64_t until) {
   pollfd p[2];
   int n = end_fds(c, p);
   do {
     if (::poll(p, n, 0) > 0) return true;
     sched_yield();
-  } while (now_monotonic() < until);
+  } while (futex::now_ns() < until);
   return false;
 }
 
 // Waits until `c` has ended; false on timeout.
 bool wait_ended(const Child& c, double timeout) {
+  int64_t deadline = futex::deadline_after(timeout);
   double spin = spin_budget();
-  if (timeout != 0 && spin > 0 && spin_readable(c, timeout < 0 || timeout > spin ? spin : timeout))
-    return true;
-  double deadline = timeout < 0 ? 0 : now_monotonic() + timeout;
+  if (timeout != 0 && spin > 0 && spin_readable(c, std::min(deadline, futex::deadline_after(spin)))) return true;
   pollfd p[2];
   int n = end_fds(c, p);
   for (;;) {
-    int ms = -1;
-    if (timeout >= 0) {
-      double left = deadline - now_monotonic();
-      ms = left <= 0 ? 0 : static_cast<int>(left * 1000.0 + 0.999);
-    }
-    int r = ::poll(p, n, ms);
+    int r = ::poll(p, n, futex::poll_ms(deadline));
     if (r > 0) return true;
     if (r == 0) {
-      if (timeout >= 0 && now_monotonic() >= deadline) return false;
+      if (deadline != futex::kNoDeadline && futex::now_ns() >= deadline) return false;
       continue;
     }
     if (errno != EINTR) fail_errno("poll", errno);
@@ -270,7 +257,7 @@ bool next_child_is_short() {
 
 bool place_here(pid_t pid) {
   cpu_set_t ignored;
-  return next_child_is_short() && pin_to_this_cpu(pid, &ignored);
+  return pin_to_this_cpu(pid, &ignored);
 }
 
 void init_child(pid_t parent, bool keep_stdin) {
@@ -426,9 +413,9 @@ std::optional<int> poll(Child& c) {
 std::optional<int> wait(Child& c, double timeout) {
   if (c.reaped) return c.exitcode;
   if (c.pidfd < 0) {  // no pidfd (fd limit): fall back to polling waitpid
-    double deadline = now_monotonic() + timeout;
+    int64_t deadline = futex::deadline_after(timeout);
     while (!reap_direct(c, WNOHANG)) {
-      if (timeout >= 0 && now_monotonic() >= deadline) return std::nullopt;
+      if (deadline != futex::kNoDeadline && futex::now_ns() >= deadline) return std::nullopt;
       usleep(1000);
     }
     return c.exitcode;

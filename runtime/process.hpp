@@ -62,9 +62,10 @@ pid_t fork_child(Method method);
 // short child starts" in process.cpp): the last one ended quickly and none
 // is running. fork_child() acts on it by itself.
 bool next_child_is_short();
-// Narrows the idle process `pid`, not yet woken, to this process's CPU when
-// next_child_is_short(); it must restore its own mask once woken. Requires:
-// `pid` is known to be alive (a pid is reused once its process is reaped).
+// Narrows the idle process `pid`, not yet woken, to this process's CPU (for
+// a child that next_child_is_short() says should run here); it must restore
+// its own mask once woken. Requires: `pid` is known to be alive (a pid is
+// reused once its process is reaped).
 bool place_here(pid_t pid);
 
 // Fds that travel with a start payload (the Connections among a Process's
