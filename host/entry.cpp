@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <span>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -41,7 +43,7 @@ std::string read_fd(int fd) {
 
 // [-0, +0] Calls bootstrap.<fn>(bytes, {fds...}) and returns its integer
 // result; an error is printed and ends the process with status 1.
-int call_bootstrap(lua_State* L, const char* fn, const std::string& bytes, const std::vector<int>& fds = {}) {
+int call_bootstrap(lua_State* L, const char* fn, std::string_view bytes, std::span<const int> fds = {}) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "multiprocessing.bootstrap");
   if (lua_pcall(L, 1, 1, 0) == 0) {
@@ -86,15 +88,15 @@ lua_State* g_server_state = nullptr;
 
 // A new idle child goes through what a payload needs, on a sample: the
 // pages it writes are copied now, not when the work arrives.
-void warm_up() { call_bootstrap(g_server_state, "warm_up", std::string()); }
+void warm_up() { call_bootstrap(g_server_state, "warm_up", {}); }
 
 int forkserver_main(pid_t parent) {
   proc::init_child(parent);
   lua_State* L = g_server_state = new_interpreter();
   int idle_target = call_bootstrap(L, "forkserver_init", forkserver::read_config(kPayloadFd));
-  std::vector<int> fds;
-  std::string payload = forkserver::serve(kPayloadFd, idle_target > 0 ? idle_target : 2, warm_up, &fds);
-  return call_bootstrap(L, "run_payload", payload, fds);
+  forkserver::Work work;
+  forkserver::serve(kPayloadFd, idle_target > 0 ? idle_target : 2, warm_up, &work);
+  return call_bootstrap(L, "run_payload", work.payload, std::span<const int>(work.fds, work.nfds));
 }
 
 }  // namespace

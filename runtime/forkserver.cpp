@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <cstdio>
@@ -220,14 +221,14 @@ struct Server {
 };
 
 // Receives a WorkHeader and the fds attached to it. False on EOF.
-bool recv_work_header(int chan, WorkHeader* w, std::vector<int>* fds) {
+bool recv_work_header(int chan, WorkHeader* w, Work* work) {
   iovec iov{w, sizeof *w};
-  std::vector<char> cbuf(CMSG_SPACE(proc::kMaxPassedFds * sizeof(int)));
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(proc::kMaxPassedFds * sizeof(int))];
   msghdr h{};
   h.msg_iov = &iov;
   h.msg_iovlen = 1;
-  h.msg_control = cbuf.data();
-  h.msg_controllen = cbuf.size();
+  h.msg_control = cbuf;
+  h.msg_controllen = sizeof cbuf;
   ssize_t n;
   do n = recvmsg(chan, &h, MSG_CMSG_CLOEXEC);
   while (n < 0 && errno == EINTR);
@@ -235,35 +236,39 @@ bool recv_work_header(int chan, WorkHeader* w, std::vector<int>* fds) {
   for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-    size_t at = fds->size();
-    fds->resize(at + k);
-    memcpy(fds->data() + at, CMSG_DATA(c), k * sizeof(int));
+    k = std::min(k, proc::kMaxPassedFds - work->nfds);
+    memcpy(work->fds + work->nfds, CMSG_DATA(c), k * sizeof(int));
+    work->nfds += k;
   }
   return read_all(chan, reinterpret_cast<char*>(w) + n, sizeof *w - static_cast<size_t>(n));
 }
 
-// In a new idle child: wait for work. Returns the payload and its fds;
-// exits on EOF, and with status 1 when fds were lost on the way (the
-// child's fd limit): its Connections could not work.
-std::string idle_child_wait(int chan, std::vector<int>* fds) {
+// In a new idle child: wait for work. Exits on EOF, and with status 1 when
+// fds were lost on the way (the child's fd limit): its Connections could
+// not work.
+void idle_child_wait(int chan, Work* work) {
   WorkHeader w;
   cpu_set_t mask;  // the server's, which a placed child gets back
   bool known = sched_getaffinity(0, sizeof mask, &mask) == 0;
-  if (!recv_work_header(chan, &w, fds)) _exit(0);
+  if (!recv_work_header(chan, &w, work)) _exit(0);
   if (w.placed && known) sched_setaffinity(0, sizeof mask, &mask);
-  if (fds->size() != w.nfds) {
-    fprintf(stderr, "luamp: a forkserver child received %zu of %u Connection fds\n", fds->size(), w.nfds);
+  if (work->nfds != w.nfds) {
+    fprintf(stderr, "luamp: a forkserver child received %zu of %u Connection fds\n", work->nfds, w.nfds);
     _exit(1);
   }
-  std::string payload(w.len, '\0');
-  if (!read_all(chan, payload.data(), w.len)) _exit(0);
+  char* buf = work->inline_payload;
+  if (w.len > Work::kInlinePayload) {
+    work->large_payload.resize(w.len);
+    buf = work->large_payload.data();
+  }
+  if (!read_all(chan, buf, w.len)) _exit(0);
+  work->payload = std::string_view(buf, w.len);
   proc::set_exit_report_fd(chan);
-  return payload;
 }
 
 // Forks one idle child and announces it. Returns 0 in the child, which has
-// then been handed `payload` and `fds`.
-pid_t make_idle_child(Server& s, std::string* payload, std::vector<int>* work_fds) {
+// then been handed `work`.
+pid_t make_idle_child(Server& s, Work* work) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) fail_errno("socketpair", errno);
   pid_t server = getpid();
@@ -283,7 +288,7 @@ pid_t make_idle_child(Server& s, std::string* payload, std::vector<int>* work_fd
     // parent is not using. With a single usable CPU it would only add a
     // decode of the sample to the work every start waits for.
     if (futex::several_cpus()) s.warm_up();
-    *payload = idle_child_wait(sv[1], work_fds);
+    idle_child_wait(sv[1], work);
     return 0;
   }
   close(sv[1]);
@@ -442,8 +447,10 @@ std::string read_config(int ctrl) {
   }
 }
 
-std::string serve(int ctrl, int idle_target, void (*warm_up)(), std::vector<int>* fds) {
-  Server s;
+void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
+  // Never freed: the child that returns from here abandons it, as freeing
+  // would write to heap pages it shares with the server.
+  Server& s = *new Server;
   s.ctrl = ctrl;
   s.warm_up = warm_up;
   sigset_t chld;
@@ -454,8 +461,7 @@ std::string serve(int ctrl, int idle_target, void (*warm_up)(), std::vector<int>
   if (s.sigfd < 0) fail_errno("signalfd", errno);
   for (;;) {
     while (static_cast<int>(s.idle.size()) < idle_target) {
-      std::string payload;
-      if (make_idle_child(s, &payload, fds) == 0) return payload;
+      if (make_idle_child(s, work) == 0) return;
     }
     pollfd p[2] = {{s.ctrl, static_cast<short>(POLLIN | (s.outbox.empty() ? 0 : POLLOUT)), 0},
                    {s.sigfd, POLLIN, 0}};

@@ -28,6 +28,8 @@
 #include <string_view>
 #include <vector>
 
+#include "process.hpp"
+
 namespace luamp::forkserver {
 
 // -- Client ------------------------------------------------------------------
@@ -48,13 +50,26 @@ void forget_in_child();
 
 // -- Server ------------------------------------------------------------------
 
+// What an idle child is handed: the payload and the fds that came with it
+// (close-on-exec). It lives in the caller's stack frame, which a new child
+// has already made its own: on the heap, the buffers and malloc's state in
+// libc would be pages shared with the server, each copied on its first
+// write (eight page faults, a tenth of what a short child costs).
+struct Work {
+  static constexpr size_t kInlinePayload = 16384;
+  int fds[proc::kMaxPassedFds];
+  size_t nfds = 0;
+  char inline_payload[kInlinePayload];
+  std::string large_payload;  // one longer than kInlinePayload
+  std::string_view payload;
+};
+
 // Reads the configuration message (returned through `config`).
 std::string read_config(int ctrl);
 // Runs the server loop on `ctrl`. Returns only in an idle child that was
-// handed work: the payload it must run (and the fds that came with it, in
-// `fds`, close-on-exec). The server itself exits when the
-// client closes the control socket. Each new idle child calls `warm_up`
-// before it waits: work it can do in advance is off the critical path.
-std::string serve(int ctrl, int idle_target, void (*warm_up)(), std::vector<int>* fds);
+// handed `work`. The server itself exits when the client closes the control
+// socket. Each new idle child calls `warm_up` before it waits: work it can
+// do in advance is off the critical path.
+void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work);
 
 }  // namespace luamp::forkserver
