@@ -112,6 +112,9 @@ int push_started(lua_State* L, pid_t pid) {
 int l_core_start_fork(lua_State* L) {
   pid_t pid = proc::fork_child(proc::Method::fork);
   if (pid != 0) return push_started(L, pid);
+  // Stopped before any Lua runs here (see bootstrap.run): a collector step
+  // in the new child would mark, and so copy, pages shared with the parent.
+  lua_gc(L, LUA_GCSTOP, 0);
   lua_pushinteger(L, 0);
   return 1;
 }

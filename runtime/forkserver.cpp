@@ -19,7 +19,6 @@
 #include <cstring>
 #include <deque>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include "errors.hpp"
@@ -216,8 +215,11 @@ struct Server {
   int sigfd;
   void (*warm_up)();
   sigset_t old_mask;
-  std::unordered_set<pid_t> idle;
-  std::deque<Msg> outbox;  // STATUS messages the client has not taken yet
+  // Vectors that keep their capacity: after each fork, every page the
+  // server writes is copied, and malloc's would be more of them.
+  std::vector<pid_t> idle;
+  std::vector<Msg> outbox;  // STATUS messages; those before `sent` have gone
+  size_t sent = 0;
 };
 
 // Receives a WorkHeader and the fds attached to it. False on EOF.
@@ -304,8 +306,15 @@ pid_t make_idle_child(Server& s, Work* work) {
   send_msg(s.ctrl, m, fds, 2, 0);
   close(fds[0]);
   close(fds[1]);
-  s.idle.insert(pid);
+  s.idle.push_back(pid);
   return pid;
+}
+
+void forget_idle(Server& s, pid_t pid) {
+  auto it = std::find(s.idle.begin(), s.idle.end(), pid);
+  if (it == s.idle.end()) return;
+  *it = s.idle.back();
+  s.idle.pop_back();
 }
 
 void reap_children(Server& s) {
@@ -315,14 +324,19 @@ void reap_children(Server& s) {
   int status;
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-    s.idle.erase(pid);
+    forget_idle(s, pid);
     s.outbox.push_back({kStatus, pid, status});
   }
 }
 
+bool outbox_empty(const Server& s) { return s.sent == s.outbox.size(); }
+
 void flush_outbox(Server& s) {
-  while (!s.outbox.empty() && send_msg(s.ctrl, s.outbox.front(), nullptr, 0, MSG_DONTWAIT))
-    s.outbox.pop_front();
+  while (!outbox_empty(s) && send_msg(s.ctrl, s.outbox[s.sent], nullptr, 0, MSG_DONTWAIT)) ++s.sent;
+  if (outbox_empty(s)) {
+    s.outbox.clear();
+    s.sent = 0;
+  }
 }
 
 [[noreturn]] void shutdown(Server& s) {
@@ -338,7 +352,7 @@ void serve_request(Server& s) {
   int r = recv_msg(s.ctrl, &m, fds, MSG_DONTWAIT);
   if (r < 0) return;
   if (r == 0) shutdown(s);
-  if (m.type == kTake) s.idle.erase(m.pid);
+  if (m.type == kTake) forget_idle(s, m.pid);
 }
 
 }  // namespace
@@ -452,6 +466,8 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
   // would write to heap pages it shares with the server.
   Server& s = *new Server;
   s.ctrl = ctrl;
+  s.idle.reserve(static_cast<size_t>(idle_target));
+  s.outbox.reserve(64);
   s.warm_up = warm_up;
   sigset_t chld;
   sigemptyset(&chld);
@@ -463,7 +479,7 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
     while (static_cast<int>(s.idle.size()) < idle_target) {
       if (make_idle_child(s, work) == 0) return;
     }
-    pollfd p[2] = {{s.ctrl, static_cast<short>(POLLIN | (s.outbox.empty() ? 0 : POLLOUT)), 0},
+    pollfd p[2] = {{s.ctrl, static_cast<short>(POLLIN | (outbox_empty(s) ? 0 : POLLOUT)), 0},
                    {s.sigfd, POLLIN, 0}};
     if (::poll(p, 2, -1) < 0) {
       if (errno == EINTR) continue;
