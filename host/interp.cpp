@@ -139,7 +139,7 @@ void run_exit_hooks(lua_State* L) {
 }
 
 void exit_process(int code) {
-  fflush(nullptr);
+  proc::flush_stdio();
   if (proc::is_child()) {
     proc::report_exit(code & 0xff);
     _exit(code & 0xff);

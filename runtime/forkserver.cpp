@@ -387,7 +387,7 @@ pid_t dispatch(std::string_view payload, const std::vector<int>& fds) {
   if (!running()) fail(ErrType::ProcessError, "the forkserver is not running");
   // As fork and spawn do: what the parent printed before start() comes out
   // before anything the child prints.
-  fflush(nullptr);
+  proc::flush_stdio();
   for (;;) {
     client_drain();
     while (g_client->idle.empty()) {
@@ -469,6 +469,9 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
   s.idle.reserve(static_cast<size_t>(idle_target));
   s.outbox.reserve(64);
   s.warm_up = warm_up;
+  // Whatever the preloads printed goes out once, not again from each child;
+  // and the children inherit the lookup flush_stdio() makes on first use.
+  proc::flush_stdio();
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);

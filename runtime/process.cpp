@@ -2,6 +2,7 @@
 // waiting and signals. See process.hpp for the contract.
 #include "process.hpp"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
@@ -9,6 +10,7 @@
 #include <spawn.h>
 #include "pidfd.hpp"
 #include <sys/prctl.h>
+#include <sys/single_threaded.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -251,6 +253,33 @@ void release_child(pid_t pid) {
 
 // -- Starting ----------------------------------------------------------------
 
+namespace {
+
+// glibc chains every FILE on _IO_list_all. The head is looked up in libc
+// itself: a reference from this executable would get a copy relocation,
+// a stale snapshot that libc never updates.
+FILE** stdio_list_head() {
+  static FILE** head = [] {
+    void* libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    return libc ? static_cast<FILE**>(dlsym(libc, "_IO_list_all")) : nullptr;
+  }();
+  return head;
+}
+
+}  // namespace
+
+void flush_stdio() {
+  // Walking the list unlocked is safe only while no other thread can open
+  // or close a stream.
+  FILE** head = stdio_list_head();
+  if (head && __libc_single_threaded) {
+    bool pending = false;
+    for (FILE* f = *head; f && !pending; f = f->_chain) pending = f->_IO_write_ptr > f->_IO_write_base;
+    if (!pending) return;
+  }
+  fflush(nullptr);
+}
+
 bool next_child_is_short() {
   return g_children && g_children->last_was_short && g_children->running == 0 && futex::several_cpus();
 }
@@ -283,7 +312,7 @@ int sentinel(const Child& c) {
 pid_t fork_child(Method method) {
   shm::ensure();  // parent and child share one arena from here on
   if (method != Method::raw) devnull();
-  fflush(nullptr);
+  flush_stdio();
   pid_t parent = getpid();
   cpu_set_t saved;
   bool pinned = next_child_is_short() && pin_to_this_cpu(0, &saved);
@@ -321,7 +350,7 @@ void check_passed_fds(const std::vector<int>& fds) {
 pid_t spawn_exe(std::string_view role, int fd, const std::vector<int>& fds) {
   check_passed_fds(fds);
   shm::ensure();
-  fflush(nullptr);
+  flush_stdio();
   int floor = kFirstPassedFd + static_cast<int>(fds.size()) + 5;
   std::vector<int> sources;  // payload, arena, then fds
   try {

@@ -53,6 +53,12 @@ void release_child(pid_t pid);
 
 // -- Starting ----------------------------------------------------------------
 
+// fflush(nullptr) when some stdio stream holds output: before a fork (or
+// the child would write it again) and before _exit. It locks every stream,
+// and after a fork each lock write copies a page shared with the other
+// process, so a process with nothing buffered skips it.
+void flush_stdio();
+
 // fork() with the child-init protocol. Effects: flushes stdio first (nothing
 // printed twice). Returns 0 in the child, the child's pid in the parent
 // (registered under `method`). Throws OSError when fork fails.

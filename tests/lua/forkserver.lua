@@ -36,6 +36,22 @@ T.eq(child_code(function(path)
   return require("warm_mod")
 end, TMP), 0, "children get the parent's package.path")
 
+do -- what a preload leaves in stdout's buffer is printed once, not by every child
+  write_file(TMP .. "/noisy_mod.lua", "io.write('noisy ')\nreturn {}\n")
+  write_file(TMP .. "/noisy.lua", ([[
+    package.path = %q .. "/?.lua;" .. package.path
+    local mp = require("multiprocessing")
+    mp.set_forkserver_preload({"noisy_mod"})
+    for i = 1, 3 do
+      local p = mp.Process{target = function() end}
+      p:start(); p:join()
+    end
+  ]]):format(TMP))
+  local out = T.run(T.luamp() .. " " .. T.quote(TMP .. "/noisy.lua") .. " | cat")
+  local _, n = out:gsub("noisy ", "")
+  T.eq(n, 1, "the preload's output, once: " .. out)
+end
+
 -- -- Idle children -------------------------------------------------------------
 
 -- The luamp processes whose parent is `pid`.

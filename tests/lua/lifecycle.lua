@@ -112,6 +112,17 @@ do -- nothing lost in buffers at exit, also through a pipe and into a file
   T.eq(n, 6000, "every child line reached the file")
 end
 
+do -- a file the script opened: its buffer is flushed before a fork and at a child's exit
+  local path = TMP .. "/buffered.txt"
+  local f = assert(io.open(path, "w"))
+  f:write("parent ")  -- still in the FILE's buffer when the child is forked
+  local p = mp.get_context("fork").Process{target = function() f:write("child\n") end}
+  p:start()
+  p:join()
+  f:close()
+  T.eq(read_file(path), "parent child\n", "written once each, nothing lost")
+end
+
 -- -- Other children of the script ----------------------------------------------------
 
 do -- luamp never waits for children it did not start: os.execute keeps its status
