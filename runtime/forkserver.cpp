@@ -469,9 +469,11 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
   s.idle.reserve(static_cast<size_t>(idle_target));
   s.outbox.reserve(64);
   s.warm_up = warm_up;
-  // Whatever the preloads printed goes out once, not again from each child;
-  // and the children inherit the lookup flush_stdio() makes on first use.
+  // Whatever the preloads printed goes out once, not again from each child.
+  // The children inherit what flush_stdio() and several_cpus() look up on
+  // first use, instead of each doing it again.
   proc::flush_stdio();
+  futex::several_cpus();
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);

@@ -110,7 +110,10 @@ function M.run_payload(bytes, fds)
   collectgarbage("stop")
   local mp = require("multiprocessing")  -- registers the classes decoding needs
   local outer = core.loads(bytes, true)
-  package.path, package.cpath = outer.path, outer.cpath
+  -- Assigned only when they differ: a forkserver child has them already,
+  -- and the write would copy the page that holds the package table.
+  if package.path ~= outer.path then package.path = outer.path end
+  if package.cpath ~= outer.cpath then package.cpath = outer.cpath end
   local ok, d, proc = xpcall(decode_process, traceback, outer.data, fds)
   if not ok then
     io.stderr:write("luamp: cannot start the process: ", d, "\n")
