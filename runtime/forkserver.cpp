@@ -450,12 +450,14 @@ void forget_in_child() {
 // -- Server ------------------------------------------------------------------
 
 std::string read_config(int ctrl) {
-  std::string buf(1 << 16, '\0');
+  // Sized by a peek first: a large buffer would stay in the server's heap,
+  // pages every fork copies and every child's exit unmaps.
   for (;;) {
-    ssize_t n = recv(ctrl, buf.data(), buf.size(), MSG_PEEK | MSG_TRUNC);
+    char probe;
+    ssize_t n = recv(ctrl, &probe, 1, MSG_PEEK | MSG_TRUNC);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) _exit(0);  // the client went away before configuring us
-    buf.resize(static_cast<size_t>(n));
+    std::string buf(static_cast<size_t>(n), '\0');
     n = recv(ctrl, buf.data(), buf.size(), 0);
     if (n >= 0) return buf;
   }
