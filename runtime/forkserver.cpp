@@ -108,18 +108,18 @@ struct WorkHeader {
   uint32_t placed;  // 1: the child was narrowed to its parent's CPU (proc::place_here)
 };
 
-// Sends the header with `fds` attached, then the payload. False when the
-// child is gone.
+// Sends the header with `fds` attached and the payload, in one call when
+// the socket takes it all. False when the child is gone.
 bool send_work(int chan, std::string_view payload, const std::vector<int>& fds, bool placed) {
   WorkHeader w{payload.size(), static_cast<uint32_t>(fds.size()), placed ? 1U : 0U};
-  iovec iov{&w, sizeof w};
+  iovec iov[2] = {{&w, sizeof w}, {const_cast<char*>(payload.data()), payload.size()}};
   msghdr h{};
-  h.msg_iov = &iov;
-  h.msg_iovlen = 1;
-  std::vector<char> cbuf(CMSG_SPACE(fds.size() * sizeof(int)));
+  h.msg_iov = iov;
+  h.msg_iovlen = 2;
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(proc::kMaxPassedFds * sizeof(int))];
   if (!fds.empty()) {
-    h.msg_control = cbuf.data();
-    h.msg_controllen = cbuf.size();
+    h.msg_control = cbuf;
+    h.msg_controllen = CMSG_SPACE(fds.size() * sizeof(int));
     cmsghdr* c = CMSG_FIRSTHDR(&h);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
@@ -130,9 +130,14 @@ bool send_work(int chan, std::string_view payload, const std::vector<int>& fds, 
   do n = sendmsg(chan, &h, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
   if (n <= 0) return false;
-  // The fds went with the first byte; the rest of the header is plain data.
-  return write_all(chan, reinterpret_cast<char*>(&w) + n, sizeof w - static_cast<size_t>(n)) &&
-         write_all(chan, payload.data(), payload.size());
+  // The fds went with the first byte; what the socket did not take yet
+  // follows as plain data.
+  auto sent = static_cast<size_t>(n);
+  if (sent < sizeof w)
+    return write_all(chan, reinterpret_cast<char*>(&w) + sent, sizeof w - sent) &&
+           write_all(chan, payload.data(), payload.size());
+  sent -= sizeof w;
+  return write_all(chan, payload.data() + sent, payload.size() - sent);
 }
 
 bool read_all(int fd, void* data, size_t len) {
@@ -222,19 +227,21 @@ struct Server {
   size_t sent = 0;
 };
 
-// Receives a WorkHeader and the fds attached to it. False on EOF.
-bool recv_work_header(int chan, WorkHeader* w, Work* work) {
-  iovec iov{w, sizeof *w};
+// Receives a WorkHeader, the fds attached to it and, in the same call, as
+// much of the payload as has arrived and fits in Work's inline buffer.
+// Returns the number of payload bytes received; exits on EOF.
+size_t recv_work_header(int chan, WorkHeader* w, Work* work) {
+  iovec iov[2] = {{w, sizeof *w}, {work->inline_payload, Work::kInlinePayload}};
   alignas(cmsghdr) char cbuf[CMSG_SPACE(proc::kMaxPassedFds * sizeof(int))];
   msghdr h{};
-  h.msg_iov = &iov;
-  h.msg_iovlen = 1;
+  h.msg_iov = iov;
+  h.msg_iovlen = 2;
   h.msg_control = cbuf;
   h.msg_controllen = sizeof cbuf;
   ssize_t n;
   do n = recvmsg(chan, &h, MSG_CMSG_CLOEXEC);
   while (n < 0 && errno == EINTR);
-  if (n <= 0) return false;
+  if (n <= 0) _exit(0);
   for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
@@ -242,7 +249,10 @@ bool recv_work_header(int chan, WorkHeader* w, Work* work) {
     memcpy(work->fds + work->nfds, CMSG_DATA(c), k * sizeof(int));
     work->nfds += k;
   }
-  return read_all(chan, reinterpret_cast<char*>(w) + n, sizeof *w - static_cast<size_t>(n));
+  auto got = static_cast<size_t>(n);
+  if (got >= sizeof *w) return got - sizeof *w;
+  if (!read_all(chan, reinterpret_cast<char*>(w) + got, sizeof *w - got)) _exit(0);
+  return 0;
 }
 
 // In a new idle child: wait for work. Exits on EOF, and with status 1 when
@@ -252,18 +262,20 @@ void idle_child_wait(int chan, Work* work) {
   WorkHeader w;
   cpu_set_t mask;  // the server's, which a placed child gets back
   bool known = sched_getaffinity(0, sizeof mask, &mask) == 0;
-  if (!recv_work_header(chan, &w, work)) _exit(0);
+  size_t got = recv_work_header(chan, &w, work);
   if (w.placed && known) sched_setaffinity(0, sizeof mask, &mask);
   if (work->nfds != w.nfds) {
     fprintf(stderr, "luamp: a forkserver child received %zu of %u Connection fds\n", work->nfds, w.nfds);
     _exit(1);
   }
+  if (got > w.len) _exit(1);  // more than the header announced: not from our client
   char* buf = work->inline_payload;
   if (w.len > Work::kInlinePayload) {
+    work->large_payload.assign(work->inline_payload, got);
     work->large_payload.resize(w.len);
     buf = work->large_payload.data();
   }
-  if (!read_all(chan, buf, w.len)) _exit(0);
+  if (!read_all(chan, buf + got, w.len - got)) _exit(0);
   work->payload = std::string_view(buf, w.len);
   proc::set_exit_report_fd(chan);
 }

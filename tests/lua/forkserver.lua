@@ -36,6 +36,15 @@ T.eq(child_code(function(path)
   return require("warm_mod")
 end, TMP), 0, "children get the parent's package.path")
 
+do -- payloads around and far beyond what one read takes arrive whole
+  for _, n in ipairs({100, 16000, 16500, 300000}) do
+    local s = ("0123456789abcdef"):rep(math.floor(n / 16) + 1):sub(1, n)
+    T.eq(child_code(function(got, len, last)
+      os.exit(#got == len and got:sub(-16) == last and 0 or 5)
+    end, s, n, s:sub(-16)), 0, "a payload with a " .. n .. "-byte argument")
+  end
+end
+
 do -- what a preload leaves in stdout's buffer is printed once, not by every child
   write_file(TMP .. "/noisy_mod.lua", "io.write('noisy ')\nreturn {}\n")
   write_file(TMP .. "/noisy.lua", ([[
