@@ -13,8 +13,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <span>
-#include <string_view>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../runtime/errors.hpp"

@@ -230,7 +230,7 @@ struct Server {
 // Receives a WorkHeader, the fds attached to it and, in the same call, as
 // much of the payload as has arrived and fits in Work's inline buffer.
 // Returns the number of payload bytes received; exits on EOF.
-size_t recv_work_header(int chan, WorkHeader* w, Work* work) {
+size_t recv_work(int chan, WorkHeader* w, Work* work) {
   iovec iov[2] = {{w, sizeof *w}, {work->inline_payload, Work::kInlinePayload}};
   alignas(cmsghdr) char cbuf[CMSG_SPACE(proc::kMaxPassedFds * sizeof(int))];
   msghdr h{};
@@ -262,7 +262,7 @@ void idle_child_wait(int chan, Work* work) {
   WorkHeader w;
   cpu_set_t mask;  // the server's, which a placed child gets back
   bool known = sched_getaffinity(0, sizeof mask, &mask) == 0;
-  size_t got = recv_work_header(chan, &w, work);
+  size_t got = recv_work(chan, &w, work);
   if (w.placed && known) sched_setaffinity(0, sizeof mask, &mask);
   if (work->nfds != w.nfds) {
     fprintf(stderr, "luamp: a forkserver child received %zu of %u Connection fds\n", work->nfds, w.nfds);
