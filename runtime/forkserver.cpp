@@ -220,6 +220,7 @@ struct Server {
   int sigfd;
   void (*warm_up)();
   sigset_t old_mask;
+  cpu_set_t cpus;  // the server's affinity, which a placed child gets back
   // Vectors that keep their capacity: after each fork, every page the
   // server writes is copied, and malloc's would be more of them.
   std::vector<pid_t> idle;
@@ -258,12 +259,10 @@ size_t recv_work(int chan, WorkHeader* w, Work* work) {
 // In a new idle child: wait for work. Exits on EOF, and with status 1 when
 // fds were lost on the way (the child's fd limit): its Connections could
 // not work.
-void idle_child_wait(int chan, Work* work) {
+void idle_child_wait(const Server& s, int chan, Work* work) {
   WorkHeader w;
-  cpu_set_t mask;  // the server's, which a placed child gets back
-  bool known = sched_getaffinity(0, sizeof mask, &mask) == 0;
   size_t got = recv_work(chan, &w, work);
-  if (w.placed && known) sched_setaffinity(0, sizeof mask, &mask);
+  if (w.placed) sched_setaffinity(0, sizeof s.cpus, &s.cpus);
   if (work->nfds != w.nfds) {
     fprintf(stderr, "luamp: a forkserver child received %zu of %u Connection fds\n", work->nfds, w.nfds);
     _exit(1);
@@ -302,7 +301,7 @@ pid_t make_idle_child(Server& s, Work* work) {
     // parent is not using. With a single usable CPU it would only add a
     // decode of the sample to the work every start waits for.
     if (futex::several_cpus()) s.warm_up();
-    idle_child_wait(sv[1], work);
+    idle_child_wait(s, sv[1], work);
     return 0;
   }
   close(sv[1]);
@@ -484,10 +483,11 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
   s.outbox.reserve(64);
   s.warm_up = warm_up;
   // Whatever the preloads printed goes out once, not again from each child.
-  // The children inherit what flush_stdio() and several_cpus() look up on
-  // first use, instead of each doing it again.
+  // The children inherit what flush_stdio(), several_cpus() and the mask
+  // below look up, instead of each doing it again.
   proc::flush_stdio();
   futex::several_cpus();
+  if (sched_getaffinity(0, sizeof s.cpus, &s.cpus) != 0) CPU_ZERO(&s.cpus);  // restoring it then fails, harmlessly
   sigset_t chld;
   sigemptyset(&chld);
   sigaddset(&chld, SIGCHLD);

@@ -105,10 +105,11 @@ void mark_reaped(Child& c, int exitcode) {
 }
 
 // Narrows `pid` (0: this process) to the CPU this process runs on, keeping
-// its current mask in `saved`.
+// its current mask in `saved` unless that is null.
 bool pin_to_this_cpu(pid_t pid, cpu_set_t* saved) {
   int cpu = sched_getcpu();
-  if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(pid, sizeof *saved, saved) != 0) return false;
+  if (cpu < 0 || cpu >= CPU_SETSIZE) return false;
+  if (saved && sched_getaffinity(pid, sizeof *saved, saved) != 0) return false;
   cpu_set_t here;
   CPU_ZERO(&here);
   CPU_SET(cpu, &here);
@@ -284,10 +285,7 @@ bool next_child_is_short() {
   return g_children && g_children->last_was_short && g_children->running == 0 && futex::several_cpus();
 }
 
-bool place_here(pid_t pid) {
-  cpu_set_t ignored;
-  return pin_to_this_cpu(pid, &ignored);
-}
+bool place_here(pid_t pid) { return pin_to_this_cpu(pid, nullptr); }
 
 void init_child(pid_t parent, bool keep_stdin) {
   prctl(PR_SET_PDEATHSIG, SIGKILL);
