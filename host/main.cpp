@@ -134,19 +134,38 @@ int main(int argc, char** argv) {
                "luamp"};
   std::vector<std::string> chunks;
   bool interactive = false;
+  bool version = false;
   app.add_option("-e", chunks, "execute string CODE")->type_name("CODE")->expected(1)
       ->allow_extra_args(false)->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_flag("-i", interactive, "enter interactive mode after running the script");
-  app.set_version_flag("-v,--version", "luamp " LUAMP_VERSION " (" LUAJIT_VERSION ")");
+  // A flag, not CLI11's version flag: as with lua, `-v script` prints the
+  // version and then runs the script.
+  app.add_flag("-v,--version", version, "show version information");
   app.prefix_command();
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    fprintf(stderr, "luamp: %s\n%s", e.what(), app.help().c_str());
+    return EXIT_FAILURE;
   }
   std::vector<std::string> rest = app.remaining();
   int script_index = argc - static_cast<int>(rest.size());
+  // "--" ends the options, as for lua; any other dash word there is an
+  // option CLI11 did not know, which lua refuses too ("-" alone is stdin).
+  if (!rest.empty() && rest.front() == "--") {
+    rest.erase(rest.begin());
+    ++script_index;
+  } else if (!rest.empty() && rest.front().size() > 1 && rest.front()[0] == '-') {
+    fprintf(stderr, "luamp: unrecognized option '%s'\n%s", rest.front().c_str(), app.help().c_str());
+    return EXIT_FAILURE;
+  }
   bool has_script = !rest.empty();
+  if (version) {
+    printf("luamp " LUAMP_VERSION " (" LUAJIT_VERSION ")\n");
+    if (!has_script && chunks.empty() && !interactive) return EXIT_SUCCESS;
+  }
 
   lua_State* L = luamp::new_interpreter();
   set_arg_table(L, argv, argc, has_script ? script_index : argc);

@@ -70,6 +70,27 @@ case("-h and --help", function()
   end
 end)
 
+case("-v before a script prints the version, then runs it (as lua does)", function()
+  write_file(TMP .. "/hello.lua", 'print("hello", ...)\n')
+  local out, status = luamp("-v hello.lua x")
+  T.eq(status, 0, "status")
+  T.check(out:match("^luamp %d+%.%d+.-\nhello\tx\n$"), "version line, then the script's output: " .. out)
+end)
+
+case("-- ends the options; unknown options and a missing -e CODE are refused", function()
+  write_file(TMP .. "/args.lua", 'print(arg[-1], arg[0], ...)\n')
+  local out, status = luamp("-- args.lua -e")
+  T.eq(status, 0, "-- status")
+  T.eq(out, "--\targs.lua\t-e\n", "the script after -- gets -e as its argument")
+  local _, err
+  out, status, err = luamp("-x")
+  T.eq(status, 1, "unknown option status")
+  check_has(err, "unrecognized option '-x'", "unknown option")
+  out, status, err = luamp("-e")
+  T.eq(status, 1, "-e without CODE status")
+  check_has(err:lower(), "usage", "-e without CODE prints usage")
+end)
+
 case("-e runs code, several in order, one state", function()
   T.eq(luamp(e('print("hi")')), "hi\n", "one -e")
   local out, status = luamp(e('io.write("a")') .. " " .. e('io.write("b")') .. " " .. e('print("c")'))
