@@ -5,18 +5,45 @@
 #include "registrars.hpp"
 
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <string>
 
 namespace luamp {
 
 namespace {
 
+// A byte count at `idx`, checked before the cast to uint64_t: a fraction
+// is a TypeError, and a value the cast cannot represent would be undefined.
+uint64_t check_size(lua_State* L, int idx, const char* func) {
+  if (lua_type(L, idx) != LUA_TNUMBER) arg_type_error(L, func, idx, "size", "number");
+  lua_Number size = lua_tonumber(L, idx);
+  if (size != std::floor(size)) raise_error(L, ErrType::TypeError, std::string(func) + ": size must be an integer");
+  if (!(size >= 1)) raise_error(L, ErrType::ValueError, std::string(func) + ": size must be at least 1");
+  if (size >= 0x1p64) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s: size %.17g is too large", func, size);
+    raise_error(L, ErrType::ValueError, msg);
+  }
+  return static_cast<uint64_t>(size);
+}
+
+// A segment name at `idx`: the runtime takes a C string, so an embedded NUL
+// would silently name another segment.
+const char* check_name(lua_State* L, int idx, const char* func) {
+  size_t len;
+  const char* name = luaL_checklstring(L, idx, &len);
+  if (strlen(name) != len)
+    raise_error(L, ErrType::ValueError, std::string(func) + ": a name must not contain a NUL byte");
+  return name;
+}
+
 // core.shm_alloc(size [, align]) -> offset of `size` zeroed shared bytes
 int l_shm_alloc(lua_State* L) {
-  lua_Number size = luaL_checknumber(L, 1);
+  uint64_t size = check_size(L, 1, "shm_alloc");
   lua_Integer align = luaL_optinteger(L, 2, 64);
-  if (!(size >= 1)) raise_error(L, ErrType::ValueError, "shared memory size must be at least 1");
-  lua_pushnumber(L, static_cast<lua_Number>(shm::alloc(static_cast<size_t>(size), static_cast<size_t>(align))));
+  lua_pushnumber(L, static_cast<lua_Number>(shm::alloc(size, static_cast<size_t>(align))));
   return 1;
 }
 
@@ -51,20 +78,18 @@ int push_segment(lua_State* L, shm::Segment seg) {
 
 // core.shm_create_named(name, size) -> offset, size
 int l_shm_create_named(lua_State* L) {
-  const char* name = luaL_checkstring(L, 1);
-  lua_Number size = luaL_checknumber(L, 2);
-  if (!(size >= 1)) raise_error(L, ErrType::ValueError, "SharedMemory: size must be at least 1");
-  return push_segment(L, shm::create_named(name, static_cast<uint64_t>(size)));
+  const char* name = check_name(L, 1, "SharedMemory");
+  return push_segment(L, shm::create_named(name, check_size(L, 2, "SharedMemory")));
 }
 
 // core.shm_open_named(name) -> offset, size
 int l_shm_open_named(lua_State* L) {
-  return push_segment(L, shm::open_named(luaL_checkstring(L, 1)));
+  return push_segment(L, shm::open_named(check_name(L, 1, "SharedMemory")));
 }
 
 // core.shm_unlink_named(name)
 int l_shm_unlink_named(lua_State* L) {
-  shm::unlink_named(luaL_checkstring(L, 1));
+  shm::unlink_named(check_name(L, 1, "SharedMemory:unlink"));
   return 0;
 }
 

@@ -440,11 +440,13 @@ bool empty(Handle& h) {
 
 bool full(const Handle& h) { return h.q->maxsize != 0 && size(h) >= h.q->maxsize; }
 
+// As Python's unfinished-tasks count: each put adds a task, each task_done
+// ends one, whether or not its item has been taken yet.
 bool task_done(Handle& h) {
   Header* q = h.q;
   u64 done = q->dones.load(std::memory_order_acquire);
   do {
-    if (done >= q->gets.load(std::memory_order_acquire)) return false;
+    if (done >= q->puts.load(std::memory_order_acquire)) return false;
   } while (!q->dones.compare_exchange_weak(done, done + 1, std::memory_order_acq_rel));
   q->all_done.notify();
   return true;
@@ -452,13 +454,11 @@ bool task_done(Handle& h) {
 
 namespace {
 
-// Every item put has been taken, and marked done. Under the get lock, so
-// that a get is seen with its count.
+// No task is unfinished. `dones` is read first: both counts only grow, so
+// dones >= puts read later means there was a moment with nothing unfinished.
 bool all_done(Header* q) {
-  lock_until(q->get_lock, futex::kNoDeadline);
-  Locked locked(q->get_lock);
-  return !has_record(q) &&
-         q->dones.load(std::memory_order_acquire) >= q->gets.load(std::memory_order_acquire);
+  u64 done = q->dones.load(std::memory_order_acquire);
+  return done >= q->puts.load(std::memory_order_acquire);
 }
 
 }  // namespace

@@ -94,8 +94,8 @@ bool empty(Handle& h);
 bool full(const Handle& h);
 
 // JoinableQueue. task_done returns false when it was called more often
-// than items were taken; join waits until every item put has been taken
-// and marked done.
+// than items were put; join waits until every item put has been marked
+// done (as in Python, an item marked done before it is taken counts).
 bool task_done(Handle& h);
 void join(Handle& h);
 

@@ -48,10 +48,12 @@ local function last_error()
   raise(ffi.string(C.luamp_queue_error_type()), ffi.string(C.luamp_queue_error_message()))
 end
 
+local function not_a_queue(method, self)
+  raise("TypeError", method .. ": argument #1 (self) expected a queue (call it with ':'), got " .. type(self))
+end
+
 local function closed(method, self)
-  if type(self) ~= "cdata" then
-    raise("TypeError", method .. ": argument #1 (self) expected a queue (call it with ':'), got " .. type(self))
-  end
+  if type(self) ~= "cdata" then not_a_queue(method, self) end
   raise("ValueError", method .. ": the queue is closed")
 end
 
@@ -149,6 +151,7 @@ end
 
 -- Closes this process's handle only; harmless twice.
 function SimpleQueue:close()
+  if type(self) ~= "cdata" then not_a_queue("close", self) end
   self.closed = 1
 end
 
@@ -186,10 +189,13 @@ end
 -- Python's Queue has these for its feeder thread; luamp has none, so there
 -- is nothing to wait for or to cancel.
 function Queue:join_thread()
+  if type(self) ~= "cdata" then not_a_queue("join_thread", self) end
   if self.closed == 0 then raise("AssertionError", "join_thread: the queue must be closed first") end
 end
 
-function Queue:cancel_join_thread() end
+function Queue:cancel_join_thread()
+  if type(self) ~= "cdata" then not_a_queue("cancel_join_thread", self) end
+end
 
 local JoinableQueue = {}
 for k, v in pairs(Queue) do JoinableQueue[k] = v end
@@ -198,10 +204,10 @@ function JoinableQueue:task_done()
   if type(self) ~= "cdata" or self.closed ~= 0 then closed("task_done", self) end
   local rc = C.luamp_queue_task_done(self)
   if rc < 0 then last_error() end
-  if rc == 0 then raise("ValueError", "task_done: called too many times (more than items taken)") end
+  if rc == 0 then raise("ValueError", "task_done: called too many times (more than items put)") end
 end
 
--- Waits until every item put has been taken and marked done.
+-- Waits until every item put has been marked done.
 function JoinableQueue:join()
   if type(self) ~= "cdata" or self.closed ~= 0 then closed("join", self) end
   if C.luamp_queue_join(self) < 0 then last_error() end

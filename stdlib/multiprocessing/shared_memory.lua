@@ -15,7 +15,7 @@ local ffi = require("ffi")
 local shared = require("multiprocessing.shared")
 
 local raise = core.error
-local type, setmetatable, rawget = type, setmetatable, rawget
+local type, setmetatable, rawget, tostring = type, setmetatable, rawget, tostring
 
 local M = {}
 
@@ -25,13 +25,23 @@ local function check_open(self, method)
   if rawget(self, "_closed") then raise("ValueError", ("SharedMemory:%s: the segment is closed"):format(method)) end
 end
 
-local function check_span(self, method, offset, length)
-  if type(offset) ~= "number" or offset ~= math.floor(offset) or offset < 0 then
-    raise("TypeError", ("SharedMemory:%s: offset must be a non-negative integer"):format(method))
+local function check_count(method, what, n)
+  if type(n) ~= "number" or n ~= math.floor(n) then
+    raise("TypeError", ("SharedMemory:%s: %s must be an integer, got %s")
+      :format(method, what, type(n) == "number" and tostring(n) or type(n)))
   end
+  if n < 0 then raise("ValueError", ("SharedMemory:%s: %s must not be negative, got %s"):format(method, what, tostring(n))) end
+end
+
+local function check_span(self, method, offset, length)
+  check_count(method, "offset", offset)
+  if offset > self.size then
+    raise("ValueError", ("SharedMemory:%s: offset %s passes the end (size %d)"):format(method, tostring(offset), self.size))
+  end
+  check_count(method, "length", length)
   if offset + length > self.size then
-    raise("ValueError", ("SharedMemory:%s: %d bytes at offset %d pass the end (size %d)")
-      :format(method, length, offset, self.size))
+    raise("ValueError", ("SharedMemory:%s: %s bytes at offset %d pass the end (size %d)")
+      :format(method, tostring(length), offset, self.size))
   end
 end
 
@@ -39,7 +49,7 @@ end
 function SharedMemory:read(offset, length)
   check_open(self, "read")
   offset = offset or 0
-  length = length or self.size - offset
+  if length == nil and type(offset) == "number" then length = self.size - offset end
   check_span(self, "read", offset, length)
   return ffi.string(self.buf + offset, length)
 end
@@ -90,6 +100,7 @@ function M.SharedMemory(name, create, size)
   local offset
   if create then
     if type(size) ~= "number" then raise("TypeError", "SharedMemory: size must be a number, got " .. type(size)) end
+    if size ~= math.floor(size) then raise("TypeError", "SharedMemory: size must be an integer, got " .. tostring(size)) end
     if size < 1 then raise("ValueError", "SharedMemory: size must be at least 1") end
     name = name or random_name()
     offset, size = core.shm_create_named(name, size)

@@ -9,6 +9,8 @@
 -- `a[i]` compile to direct loads and stores. As in Python, a Value or Array
 -- made with a lock takes it on every read and write; `ptr()` and the Raw
 -- kinds never do. Positions are 1-based; out of range is an IndexError.
+-- Unlike ctypes, which silently wraps, an integer outside its typecode's
+-- range is a ValueError.
 local ffi = require("ffi")
 local core = require("luamp.core")
 local shared = require("multiprocessing.shared")
@@ -16,27 +18,33 @@ local synchronize = require("multiprocessing.synchronize")
 
 local C = shared.C
 local raise = core.error
-local type, floor, tonumber, tostring = type, math.floor, tonumber, tostring
+local type, floor, tonumber, tostring, rawget = type, math.floor, tonumber, tostring, rawget
+local band, char = bit.band, string.char
 
 local M = {}
+
+local int64 = ffi.typeof("int64_t")
+local uint64 = ffi.typeof("uint64_t")
 
 local NO_LOCK, LOCK, RLOCK = 0, 1, 2
 
 -- -- Typecodes --------------------------------------------------------------------
 
--- ct: the C type; min/max: range of an integer type; wide: int64 read back
--- as a Lua number; cdata: read back as int64 cdata (q, Q).
+-- ct: the C type; for an integer type, min and limit bound a Lua number
+-- (min <= v < limit: both exact as doubles, unlike 2^63 - 1) and max bounds
+-- int64 cdata; wide: int64 read back as a Lua number; cdata: read back as
+-- int64 cdata (q, Q).
 local TYPES = {
-  b = { ct = "int8_t", min = -128, max = 127 },
-  B = { ct = "uint8_t", min = 0, max = 255 },
-  h = { ct = "int16_t", min = -32768, max = 32767 },
-  H = { ct = "uint16_t", min = 0, max = 65535 },
-  i = { ct = "int32_t", min = -2147483648, max = 2147483647 },
-  I = { ct = "uint32_t", min = 0, max = 4294967295 },
-  l = { ct = "int64_t", min = -2 ^ 63, max = 2 ^ 63 - 1, wide = true },
-  L = { ct = "uint64_t", min = 0, max = 2 ^ 64 - 1, wide = true },
-  q = { ct = "int64_t", min = -2 ^ 63, max = 2 ^ 63 - 1, cdata = true },
-  Q = { ct = "uint64_t", min = 0, max = 2 ^ 64 - 1, cdata = true },
+  b = { ct = "int8_t", min = -2 ^ 7, limit = 2 ^ 7, max = 127LL },
+  B = { ct = "uint8_t", min = 0, limit = 2 ^ 8, max = 255ULL },
+  h = { ct = "int16_t", min = -2 ^ 15, limit = 2 ^ 15, max = 32767LL },
+  H = { ct = "uint16_t", min = 0, limit = 2 ^ 16, max = 65535ULL },
+  i = { ct = "int32_t", min = -2 ^ 31, limit = 2 ^ 31, max = 2147483647LL },
+  I = { ct = "uint32_t", min = 0, limit = 2 ^ 32, max = 4294967295ULL },
+  l = { ct = "int64_t", min = -2 ^ 63, limit = 2 ^ 63, max = 0x7fffffffffffffffLL, wide = true },
+  L = { ct = "uint64_t", min = 0, limit = 2 ^ 64, max = 0xffffffffffffffffULL, wide = true },
+  q = { ct = "int64_t", min = -2 ^ 63, limit = 2 ^ 63, max = 0x7fffffffffffffffLL, cdata = true },
+  Q = { ct = "uint64_t", min = 0, limit = 2 ^ 64, max = 0xffffffffffffffffULL, cdata = true },
   f = { ct = "float", float = true },
   d = { ct = "double", float = true },
   c = { ct = "char", char = true },
@@ -45,60 +53,72 @@ local TYPES = {
 local NAMES = { ["?"] = "bool" }  -- typecode -> C identifier part
 
 local function type_of(func, typecode)
-  local t = type(typecode) == "string" and TYPES[typecode]
+  if type(typecode) ~= "string" then
+    raise("TypeError", ("%s: argument #1 (typecode) expected a string, got %s"):format(func, type(typecode)))
+  end
+  local t = TYPES[typecode]
   if not t then
-    raise("ValueError", ("%s: unknown typecode %s (one of b B h H i I l L q Q f d c ?)")
-      :format(func, type(typecode) == "string" and ("'" .. typecode .. "'") or tostring(typecode)))
+    raise("ValueError", ("%s: unknown typecode '%s' (one of b B h H i I l L q Q f d c ?)"):format(func, typecode))
   end
   return t
 end
 
-local int64 = ffi.typeof("int64_t")
-local uint64 = ffi.typeof("uint64_t")
+-- Names what is being converted in an error: `func`, or element `pos` of it.
+local function where(func, pos)
+  return pos and ("%s[%d]"):format(func, pos) or func
+end
 
--- A Lua value -> what to store; raises TypeError/ValueError naming `func`.
+-- A Lua value -> what to store; raises TypeError/ValueError naming `func`
+-- (and `pos`, the element, when given).
 local function converter(typecode, t)
   if t.char then
-    return function(v, func)
+    return function(v, func, pos)
       if type(v) ~= "string" or #v ~= 1 then
-        raise("TypeError", ("%s: typecode 'c' takes a one-byte string, got %s"):format(func, type(v)))
+        raise("TypeError", ("%s: typecode 'c' takes a one-byte string, got %s")
+          :format(where(func, pos), type(v) == "string" and #v .. " bytes" or type(v)))
       end
       return v:byte()
     end
   elseif t.bool then
-    return function(v, func)
+    return function(v, func, pos)
       if type(v) ~= "boolean" then
-        raise("TypeError", ("%s: typecode '?' takes a boolean, got %s"):format(func, type(v)))
+        raise("TypeError", ("%s: typecode '?' takes a boolean, got %s"):format(where(func, pos), type(v)))
       end
       return v
     end
   elseif t.float then
-    return function(v, func)
+    return function(v, func, pos)
       if type(v) ~= "number" then
-        raise("TypeError", ("%s: typecode '%s' takes a number, got %s"):format(func, typecode, type(v)))
+        raise("TypeError", ("%s: typecode '%s' takes a number, got %s"):format(where(func, pos), typecode, type(v)))
       end
       return v
     end
   end
-  local min, max = t.min, t.max
-  return function(v, func)
+  local min, limit, max = t.min, t.limit, t.max
+  local lo, unsigned = ffi.new(int64, min), min == 0
+  local function out_of_range(v, func, pos)
+    raise("ValueError", ("%s: %s is out of range for typecode '%s'"):format(where(func, pos), tostring(v), typecode))
+  end
+  return function(v, func, pos)
     if type(v) == "number" then
       if v ~= floor(v) then
-        raise("TypeError", ("%s: typecode '%s' takes an integer, got %s"):format(func, typecode, tostring(v)))
+        raise("TypeError", ("%s: typecode '%s' takes an integer, got %s"):format(where(func, pos), typecode, tostring(v)))
       end
-      if v < min or v > max then
-        raise("ValueError", ("%s: %s is out of range for typecode '%s'"):format(func, tostring(v), typecode))
-      end
+      if v < min or v >= limit then out_of_range(v, func, pos) end
       return v
     end
-    if (t.wide or t.cdata) and (ffi.istype(int64, v) or ffi.istype(uint64, v)) then return v end
-    raise("TypeError", ("%s: typecode '%s' takes an integer, got %s"):format(func, typecode, type(v)))
+    if ffi.istype(int64, v) or ffi.istype(uint64, v) then
+      -- a uint64 is never < 0, so it never meets the int64 `lo`
+      if (v < 0 and (unsigned or v < lo)) or v > max then out_of_range(v, func, pos) end
+      return v
+    end
+    raise("TypeError", ("%s: typecode '%s' takes an integer, got %s"):format(where(func, pos), typecode, type(v)))
   end
 end
 
 -- What was stored -> the Lua value.
 local function reader(t)
-  if t.char then return string.char end
+  if t.char then return function(v) return char(band(v, 255)) end end  -- char is signed
   if t.wide then return tonumber end
   return nil  -- numbers, booleans and int64 cdata come back as they are
 end
@@ -110,7 +130,7 @@ local function lock_kind(func, lock)
   if lock == false then return NO_LOCK, nil end
   if synchronize.is_lock(lock) then return LOCK, lock end
   if synchronize.is_rlock(lock) then return RLOCK, lock end
-  raise("TypeError", func .. ": lock must be true, false, a Lock or an RLock, got " .. type(lock))
+  raise("TypeError", func .. ": argument #3 (lock) expected true, false, a Lock or an RLock, got " .. type(lock))
 end
 
 local function lock_object(kind, p)
@@ -144,10 +164,16 @@ local function add_lock_methods(methods, name)
     end
     return lock_object(self.lockkind, self.lock):acquire(block, timeout)
   end
+  -- The errors of Lock:release and RLock:release.
   function methods.release(self)
     check_locked(self, "release")
-    local r = self.lockkind == RLOCK and C.luamp_rlock_release(self.lock) or C.luamp_lock_release(self.lock)
-    if r ~= 1 then raise("ValueError", name .. ":release: the lock is not held") end
+    if self.lockkind == RLOCK then
+      if C.luamp_rlock_release(self.lock) ~= 1 then
+        raise("AssertionError", name .. ":release: the lock is not held by this process")
+      end
+    elseif C.luamp_lock_release(self.lock) ~= 1 then
+      raise("ValueError", name .. ":release: the lock is not acquired")
+    end
   end
   methods.with = synchronize.with
 end
@@ -210,18 +236,25 @@ local function make_value(func, typecode, value, kind, lock)
   local t = type_of(func, typecode)
   local ct = value_type(typecode)
   local p = ffi.cast(t.ct .. "*", shared.alloc(ffi.sizeof(t.ct), 8))
-  if value ~= nil then p[0] = converter(typecode, t)(value, func) end
+  if value ~= nil then p[0] = converter(typecode, t)(value, func .. ": argument #2 (value)") end
   return ct(p, lock and lock.p or nil, kind)
 end
 
--- mp.Value(typecode [, value [, lock]])
+-- A lone table without [1] holds named parameters.
+local function named(t)
+  return type(t) == "table" and rawget(t, 1) == nil
+end
+
+-- mp.Value(typecode [, value [, lock]]) or mp.Value{typecode = ..., value = ..., lock = ...}
 function M.Value(typecode, value, lock)
+  if named(typecode) then typecode, value, lock = typecode.typecode, typecode.value, typecode.lock end
   local kind, lockobj = lock_kind("Value", lock)
   return make_value("Value", typecode, value, kind, lockobj)
 end
 
--- mp.RawValue(typecode [, value])
+-- mp.RawValue(typecode [, value]) or mp.RawValue{typecode = ..., value = ...}
 function M.RawValue(typecode, value)
+  if named(typecode) then typecode, value = typecode.typecode, typecode.value end
   return make_value("RawValue", typecode, value, NO_LOCK, nil)
 end
 
@@ -231,7 +264,17 @@ local array_types = {}
 
 local function check_index(i, n)
   if type(i) ~= "number" or i ~= floor(i) or i < 1 or i > n then
+    if type(i) ~= "number" or i ~= floor(i) then
+      raise("TypeError", ("Array: an index is an integer, got %s"):format(type(i) == "number" and tostring(i) or type(i)))
+    end
     raise("IndexError", ("Array: index %s out of range 1..%d"):format(tostring(i), n))
+  end
+end
+
+local function check_integer(func, n, what, v)
+  if type(v) ~= "number" or v ~= floor(v) then
+    raise("TypeError", ("%s: argument #%d (%s) expected an integer, got %s")
+      :format(func, n, what, type(v) == "number" and tostring(v) or type(v)))
   end
 end
 
@@ -252,6 +295,8 @@ local function array_type(typecode)
   function methods.totable(self, i, j)
     local n = self.n
     i, j = i or 1, j or n
+    check_integer("Array:totable", 1, "i", i)
+    check_integer("Array:totable", 2, "j", j)
     if j >= i then check_index(i, n); check_index(j, n) end
     local out, p = {}, self.p
     local kind = self.lockkind
@@ -277,28 +322,44 @@ local function array_type(typecode)
     return read and read(v) or v
   end
 
-  local function bytes(self, upto_nul)
+  -- A 'c' array's value (the bytes up to the first NUL) and raw (all of
+  -- them), under the array's lock as Python's SynchronizedString.
+  local function get_bytes(self, k)
+    local kind = self.lockkind
+    if kind ~= NO_LOCK then acquire(kind, self.lock) end
     local s = ffi.string(self.p, self.n)
-    return upto_nul and (s:match("^[^%z]*")) or s
+    if kind ~= NO_LOCK then release(kind, self.lock) end
+    if k == "value" then return (s:match("^[^%z]*")) end
+    return s
+  end
+
+  -- As ctypes: both copy the string over the first bytes and keep the rest;
+  -- value also ends it with a NUL when it is shorter than the array.
+  local function set_bytes(self, k, v)
+    if type(v) ~= "string" then
+      raise("TypeError", ("Array.%s: expected a string, got %s"):format(k, type(v)))
+    end
+    local n, len = self.n, #v
+    if len > n then
+      raise("ValueError", ("Array.%s: %d bytes do not fit in %d"):format(k, len, n))
+    end
+    local kind = self.lockkind
+    if kind ~= NO_LOCK then acquire(kind, self.lock) end
+    ffi.copy(self.p, v, len)
+    if k == "value" and len < n then self.p[len] = 0 end
+    if kind ~= NO_LOCK then release(kind, self.lock) end
   end
 
   ffi.metatype(ct, {
     __index = function(self, k)
       if type(k) == "number" then return get(self, k) end
-      if t.char and (k == "value" or k == "raw") then return bytes(self, k == "value") end
+      if t.char and (k == "value" or k == "raw") then return get_bytes(self, k) end
       return methods[k]
     end,
     __newindex = function(self, k, v)
-      if t.char and (k == "value" or k == "raw") then
-        if type(v) ~= "string" or #v > self.n then
-          raise("ValueError", ("Array.%s: expected a string of at most %d bytes"):format(k, self.n))
-        end
-        ffi.fill(self.p, self.n)
-        ffi.copy(self.p, v, #v)
-        return
-      end
+      if t.char and (k == "value" or k == "raw") then return set_bytes(self, k, v) end
       check_index(k, self.n)
-      v = convert(v, "Array")
+      v = convert(v, "Array", k)
       local kind = self.lockkind
       if kind == NO_LOCK then self.p[k - 1] = v; return end
       acquire(kind, self.lock)
@@ -336,7 +397,13 @@ local function contents(func, typecode, init)
   if type(init) ~= "table" then
     raise("TypeError", func .. ": argument #2 (size_or_sequence) expected a number or a table, got " .. type(init))
   end
-  local n = init.n or #init
+  local n = init.n
+  if n == nil then
+    n = #init
+  elseif type(n) ~= "number" or n ~= floor(n) then
+    raise("TypeError", ("%s: argument #2 (size_or_sequence) has n = %s, not an integer")
+      :format(func, type(n) == "number" and tostring(n) or type(n)))
+  end
   if n < 1 then raise("ValueError", func .. ": size must be at least 1") end
   return n, init
 end
@@ -349,19 +416,30 @@ local function make_array(func, typecode, init, kind, lock)
   local p = ffi.cast(t.ct .. "*", shared.alloc(n * ffi.sizeof(t.ct), 64))
   if values then
     local convert = converter(typecode, t)
-    for k = 1, n do p[k - 1] = convert(values[k], func) end
+    local what = func .. ": size_or_sequence"
+    for k = 1, n do p[k - 1] = convert(values[k], what, k) end
   end
   return ct(p, n, kind, lock and lock.p or nil)
 end
 
--- mp.Array(typecode, size_or_sequence [, lock])
+-- mp.Array(typecode, size_or_sequence [, lock]) or
+-- mp.Array{typecode = ..., size_or_sequence = ..., lock = ...} (also under
+-- Python's name, size_or_initializer)
 function M.Array(typecode, init, lock)
+  if named(typecode) then
+    local t = typecode
+    typecode, init, lock = t.typecode, t.size_or_sequence or t.size_or_initializer, t.lock
+  end
   local kind, lockobj = lock_kind("Array", lock)
   return make_array("Array", typecode, init, kind, lockobj)
 end
 
--- mp.RawArray(typecode, size_or_sequence)
+-- mp.RawArray(typecode, size_or_sequence) or mp.RawArray{typecode = ..., size_or_sequence = ...}
 function M.RawArray(typecode, init)
+  if named(typecode) then
+    local t = typecode
+    typecode, init = t.typecode, t.size_or_sequence or t.size_or_initializer
+  end
   return make_array("RawArray", typecode, init, NO_LOCK, nil)
 end
 

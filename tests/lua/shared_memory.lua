@@ -50,6 +50,29 @@ do
   T.checkerr("ValueError", "name", SharedMemory)
 end
 
+do -- bad offsets, lengths, sizes and names
+  local shm = SharedMemory{create = true, size = 10}
+  T.checkerr("ValueError", "negative", shm.read, shm, 0, -1)
+  T.checkerr("ValueError", "negative", shm.read, shm, -1)
+  T.checkerr("ValueError", "passes the end", shm.read, shm, 11)
+  T.checkerr("ValueError", "passes the end", shm.read, shm, 100)
+  T.checkerr("ValueError", "pass the end", shm.read, shm, 5, 6)
+  T.eq(shm:read(10), "", "read at the end")
+  T.checkerr("TypeError", "length", shm.read, shm, 0, "x")
+  T.checkerr("TypeError", "length", shm.read, shm, 0, 2.5)
+  T.checkerr("TypeError", "offset", shm.read, shm, "x")
+  T.checkerr("TypeError", "offset", shm.write, shm, nil, "abc")
+  T.checkerr("ValueError", "passes the end", shm.write, shm, 11, "")
+  T.checkerr("TypeError", "integer", SharedMemory, {create = true, size = 2.5})
+  T.checkerr("TypeError", "integer", SharedMemory, {create = true, size = 0 / 0})
+  T.checkerr("ValueError", "too large", SharedMemory, {create = true, size = 1e30})
+  T.checkerr("ValueError", "too large", SharedMemory, {create = true, size = math.huge})
+  T.checkerr("ValueError", "NUL", SharedMemory, {name = "nul\0name", create = true, size = 1})
+  T.checkerr("FileNotFoundError", nil, SharedMemory, "nul")
+  SharedMemory{name = "nul", create = true, size = 1}
+  T.checkerr("ValueError", "NUL", SharedMemory, "nul\0name")
+end
+
 -- -- Nothing left behind ---------------------------------------------------------------
 
 local function dev_shm()

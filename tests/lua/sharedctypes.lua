@@ -117,10 +117,123 @@ do -- 'c' arrays
   T.eq(c[2], "e", "c[2] is a one-byte string")
   c.value = "hi"
   T.eq(c.value, "hi", "value stops at NUL")
-  T.eq(c.raw, "hi\0\0\0", "raw is every byte")
+  T.eq(c.raw, "hi\0lo", "value = 'hi' writes 'hi' and a NUL, as ctypes")
+  c.raw = "HE"
+  T.eq(c.raw, "HE\0lo", "raw = 'HE' writes two bytes only")
+  c.value = "hello"
+  T.eq(c.raw, "hello", "a full-length value has no NUL")
   in_child(function(arr) arr.value = "child" end, c)
   T.eq(c.value, "child", "set by a child")
-  T.checkerr("ValueError", nil, function() c.value = "too long!" end)
+  T.checkerr("ValueError", "do not fit", function() c.value = "too long!" end)
+  T.checkerr("ValueError", "do not fit", function() c.raw = "too long!" end)
+  T.checkerr("TypeError", "string", function() c.value = 5 end)
+end
+
+do -- 'c' bytes >= 0x80 read back (char is signed in C)
+  local v = mp.Value("c", "\200")
+  T.eq(v.value, "\200", "Value('c', '\\200')")
+  T.check(tostring(v):find("\200", 1, true), "tostring of a high-byte 'c' Value")
+  local c = mp.Array("c", "h\233llo")
+  T.eq(c[2], "\233", "a high byte element")
+  T.same(c:totable(), { "h", "\233", "l", "l", "o" }, "totable of high bytes")
+  T.eq(c.value, "h\233llo", "value with a high byte")
+  in_child(function(x, arr)
+    if x.value ~= "\200" or arr[2] ~= "\233" then os.exit(2) end
+    x.value, arr[1] = "\255", "\128"
+  end, v, c)
+  T.eq(v.value, "\255", "a child's high byte")
+  T.eq(c[1], "\128", "a child's high byte element")
+end
+
+do -- a 'c' array's value and raw take its lock, as element writes do
+  local c = mp.Array("c", "hello")
+  local started, wrote = mp.Event(), mp.Event()
+  c:acquire()
+  local p = mp.Process{target = function(arr, s, w)
+    s:set()
+    arr.value = "HI"
+    w:set()
+  end, args = {c, started, wrote}}
+  p:start()
+  T.check(started:wait(10), "the child started")
+  T.check(not wrote:wait(0.3), "value = waits while the lock is held elsewhere")
+  T.eq(c.raw, "hello", "nothing written yet")
+  c:release()
+  T.check(wrote:wait(10), "value = goes ahead once the lock is free")
+  p:join(20)
+  T.eq(c.raw, "HI\0lo", "the child's value")
+end
+
+do -- integer ranges: out of range is a ValueError, never a silent wrap
+  for code, bad in pairs({ b = 128, B = -1, h = -32769, H = 65536, i = 2 ^ 31, I = 2 ^ 32,
+                           l = 2 ^ 63, q = 2 ^ 63, L = 2 ^ 64, Q = 2 ^ 64 }) do
+    T.checkerr("ValueError", "out of range", mp.Value, code, bad)
+    T.checkerr("ValueError", "out of range", mp.Value, code, -2 ^ 64)
+    T.checkerr("ValueError", "out of range", function() mp.RawArray(code, 1)[1] = bad end)
+  end
+  T.checkerr("ValueError", "out of range", mp.Value, "i", math.huge)
+  T.checkerr("TypeError", "integer", mp.Value, "i", 0 / 0)
+  T.checkerr("ValueError", "out of range", mp.Value, "Q", -1LL)
+  T.checkerr("ValueError", "out of range", mp.Value, "L", -1LL)
+  T.checkerr("ValueError", "out of range", mp.Value, "q", 0xffffffffffffffffULL)
+  T.checkerr("ValueError", "out of range", mp.Value, "l", 0x8000000000000000ULL)
+  T.checkerr("ValueError", "out of range", mp.Value, "b", 128LL)
+  T.checkerr("ValueError", "out of range", mp.Value, "B", 256ULL)
+  T.checkerr("ValueError", "out of range", mp.Value, "i", -2147483649LL)
+  T.check(mp.Value("q", 0x7fffffffffffffffLL).value == 0x7fffffffffffffffLL, "q max")
+  T.check(mp.Value("q", -2 ^ 63).value == -0x7fffffffffffffffLL - 1, "q min")
+  T.check(mp.Value("Q", 0xffffffffffffffffULL).value == 0xffffffffffffffffULL, "Q max")
+  T.check(mp.Value("q", 0x7fffffffffffffffULL).value == 0x7fffffffffffffffLL, "uint64 cdata into q")
+  T.eq(mp.Value("l", -2 ^ 63).value, -2 ^ 63, "l min")
+  T.eq(mp.Value("L", 2 ^ 64 - 2048).value, 2 ^ 64 - 2048, "L: the largest double below 2^64")
+  T.eq(mp.Value("i", 5LL).value, 5, "int64 cdata into i")
+  T.eq(mp.Value("B", 255ULL).value, 255, "uint64 cdata into B")
+  T.eq(mp.Value("b", -128LL).value, -128, "int64 cdata at b's minimum")
+end
+
+do -- named parameters (a lone table without [1])
+  local v = mp.Value{typecode = "i", value = 3, lock = false}
+  T.eq(v.value, 3, "Value{...}")
+  T.checkerr("ValueError", "without a lock", v.get_lock, v)
+  T.eq(mp.RawValue{typecode = "d", value = 1.5}.value, 1.5, "RawValue{...}")
+  local lock = mp.Lock()
+  local a = mp.Array{typecode = "i", size_or_sequence = {4, 5}, lock = lock}
+  T.same(a:totable(), {4, 5}, "Array{...}")
+  T.check(a:get_lock() == lock, "Array{...} takes its lock")
+  T.eq(#mp.Array{typecode = "d", size_or_initializer = 3}, 3, "Array{...}, Python's parameter name")
+  T.eq(mp.RawArray{typecode = "c", size_or_sequence = "ab"}.value, "ab", "RawArray{...}")
+  T.checkerr("TypeError", "typecode", mp.Value, {1, 2})
+end
+
+do -- wrong argument types
+  T.checkerr("TypeError", "argument #1 (typecode)", mp.Value, nil)
+  T.checkerr("TypeError", "argument #1 (typecode)", mp.Array, 5, 3)
+  T.checkerr("TypeError", "size_or_sequence", mp.Array, "i", { n = "x" })
+  T.checkerr("TypeError", "size_or_sequence", mp.Array, "i", { 1, 2, 3, n = 2.5 })
+  T.checkerr("TypeError", "size_or_sequence[2]", mp.Array, "i", { 1, "x" })
+  local a = mp.Array("i", 3)
+  T.checkerr("TypeError", "argument #1 (i)", a.totable, a, "x")
+  T.checkerr("TypeError", "argument #2 (j)", a.totable, a, 1, 2.5)
+  T.checkerr("TypeError", "Array[2]", function() a[2] = "x" end)
+  T.checkerr("TypeError", "integer", function() return a[1.5] end)
+  T.checkerr("TypeError", nil, function() a.foo = 1 end)
+end
+
+do -- releasing a lock not held: the errors of Lock:release and RLock:release
+  local v = mp.Value("i", 0)
+  T.checkerr("AssertionError", "not held", v.release, v)
+  local a = mp.Array("i", 2)
+  T.checkerr("AssertionError", "not held", a.release, a)
+  local started, finish = mp.Event(), mp.Event()
+  local p = mp.Process{target = function(x, s, f) x:acquire(); s:set(); f:wait(10); x:release() end,
+                       args = {v, started, finish}}
+  p:start()
+  T.check(started:wait(10), "the child holds the RLock")
+  T.checkerr("AssertionError", "not held", v.release, v)
+  finish:set()
+  p:join(20)
+  local lv = mp.Value("i", 0, mp.Lock())
+  T.checkerr("ValueError", "not acquired", lv.release, lv)
 end
 
 do -- bad arrays

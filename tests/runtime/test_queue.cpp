@@ -152,15 +152,15 @@ TEST_CASE("queue: attach checks what is at the offset") {
   CHECK_THROWS_AS(queue::attach(uint64_t{1} << 40, queue::Kind::joinable), Error);
 }
 
-TEST_CASE("queue: task_done counts against items taken") {
+TEST_CASE("queue: task_done counts against items put") {
   queue::Handle h = queue::create(queue::Kind::joinable, 0);
   CHECK_FALSE(queue::task_done(h));
   REQUIRE(queue::put(h, "x", true, -1));
-  CHECK_FALSE(queue::task_done(h));  // put but not yet taken
-  get_string(h);
-  CHECK(queue::task_done(h));
+  CHECK(queue::task_done(h));  // put, not yet taken: as Python
   CHECK_FALSE(queue::task_done(h));
-  queue::join(h);  // returns: everything is done
+  queue::join(h);  // returns: every item put is done
+  get_string(h);
+  CHECK_FALSE(queue::task_done(h));
 }
 
 TEST_CASE("queue: forked producers and consumers, one producer SIGKILLed") {
