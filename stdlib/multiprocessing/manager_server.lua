@@ -12,8 +12,14 @@
 -- Listener and every client Connection. A request is {object id, method,
 -- args..., n = count}; it runs in a coroutine, so a method that would block
 -- yields instead (waiting calls of the locks, events, barriers and queues
--- do) and is resumed by the loop after each round of requests and at least
--- every RETRY seconds, while the other clients are served. The reply is {true, results..., n = count}
+-- do, also those of a luamp Lock, Semaphore, Event or queue that a
+-- registered callable returns) and is resumed by the loop after each round
+-- of requests and at least every RETRY seconds, while the other clients are
+-- served. The limit (Python serves each client in a thread): any other
+-- method that blocks, a registered object's own method that waits on a
+-- queue or sleeps, holds up every client until it returns; the manager's
+-- shutdown then terminates the server after a bounded wait (managers.lua).
+-- The reply is {true, results..., n = count}
 -- or {false, {value = error, traceback = ...}}; the client turns the second
 -- into RemoteError (a luamp error keeps its type).
 --
@@ -28,6 +34,7 @@
 -- a failed authkey challenge) is closed and forgotten.
 -- Fork safety: a Server belongs to the process that made it; children do
 -- not serve it.
+local ffi = require("ffi")
 local core = require("luamp.core")
 local connection = require("multiprocessing.connection")
 local util = require("multiprocessing.util")
@@ -100,15 +107,17 @@ local function dict_each(d, fn)
   end
 end
 
-local function dict_update(d, t)
+local function dict_update(d, t, what)
   if t == nil then return end
-  if type(t) ~= "table" then raise("TypeError", "update: argument #1 expected a table, got " .. type(t)) end
+  if type(t) ~= "table" then
+    raise("TypeError", ("%s: argument #1 expected a table, got %s"):format(what or "update", type(t)))
+  end
   for k, v in pairs(t) do dict_set(d, k, v) end
 end
 
 local function dict_new(t)
   local d = { keys = {}, pos = {}, vals = {}, top = 0, n = 0, holes = 0 }
-  dict_update(d, t)
+  dict_update(d, t, "dict")
   return d
 end
 
@@ -136,7 +145,7 @@ local DICT = {
     if v == nil then return default end
     return v
   end,
-  update = dict_update,
+  update = function(d, t) dict_update(d, t) end,
   setdefault = function(d, k, v)
     local have = d.vals[k]
     if have ~= nil then return have end
@@ -238,31 +247,79 @@ local LIST = {
   totable = seq_totable,
 }
 
-local TYPECODES = { b = true, B = true, h = true, H = true, i = true, I = true, l = true, L = true,
-                    q = true, Q = true, f = true, d = true, c = true, ["?"] = true }
+-- Array and Value hold what mp.Array and mp.Value would: a value given is
+-- converted to the typecode, or refused with the same TypeError or
+-- ValueError. A RawValue per typecode does the converting, so the two
+-- cannot disagree (on ranges, on float rounding, on 'q' reading back as
+-- int64 cdata); the items themselves are plain Lua values here.
+local converters = {}  -- typecode -> a RawValue
 
-local function check_typecode(what, typecode)
-  if not TYPECODES[typecode] then
-    raise("ValueError", ("%s: unknown typecode %s (b B h H i I l L q Q f d c ?)"):format(what, tostring(typecode)))
+local function zero_of(typecode)
+  if typecode == "c" then return "\0" end
+  if typecode == "?" then return false end
+  return 0
+end
+
+local function store(box, v) box.value = v end
+
+-- v converted for typecode; errors name `what` (the function and argument).
+local function convert(typecode, v, what)
+  local box = converters[typecode]
+  if box == nil then
+    local ok, made = pcall(require("multiprocessing").RawValue, typecode)
+    if not ok then
+      raise(made.type, (made.message:gsub("^RawValue", what:match("^[^:%[]*"))))
+    end
+    box, converters[typecode] = made, made
   end
+  local ok, err = pcall(store, box, v)
+  if not ok then
+    local message = tostring(err.message)
+    if message:find("Value.value", 1, true) == 1 then message = message:sub(#"Value.value" + 1) end
+    raise(err.type, what .. message)
+  end
+  return box.value
+end
+
+local function array_set(a, i, v)
+  a[check_pos(a, i, "Array")] = convert(a.typecode, v, ("Array[%d]"):format(i))
 end
 
 local ARRAY = {
   getitem = LIST.getitem,
-  setitem = LIST.setitem,
+  setitem = array_set,
   len = LIST.len,
   totable = seq_totable,
 }
 
-local function array_new(typecode, seq)
-  check_typecode("Array", typecode)
-  if type(seq) == "number" then
-    local zero = typecode == "c" and "\0" or (typecode == "?" and false or 0)
-    local a = { n = seq }
-    for i = 1, seq do a[i] = zero end
+-- Array(typecode, size_or_sequence): a size (a whole number >= 1), a table
+-- (its n or #), or for 'c' a string, as mp.Array takes them.
+local function array_new(typecode, init)
+  local zero = convert(typecode, zero_of(typecode), "Array: argument #1 (typecode)")
+  if type(init) == "number" then
+    if init ~= math.floor(init) then raise("TypeError", "Array: size must be an integer, got " .. tostring(init)) end
+    if init < 1 then raise("ValueError", "Array: size must be at least 1") end
+    if init > 0x7fffffff then raise("ValueError", "Array: size is too large") end
+    local a = { n = init, typecode = typecode }
+    for i = 1, init do a[i] = zero end
     return a
   end
-  return seq_new(seq, "Array")
+  if typecode == "c" and type(init) == "string" then
+    local t = { n = #init }
+    for i = 1, #init do t[i] = init:sub(i, i) end
+    init = t
+  end
+  if type(init) ~= "table" then
+    raise("TypeError", "Array: argument #2 (size_or_sequence) expected a number or a table, got " .. type(init))
+  end
+  local n = init.n or #init
+  if type(n) ~= "number" or n ~= math.floor(n) then
+    raise("TypeError", "Array: argument #2 (size_or_sequence) has an n that is not an integer")
+  end
+  if n < 1 then raise("ValueError", "Array: size must be at least 1") end
+  local a = { n = n, typecode = typecode }
+  for i = 1, n do a[i] = convert(typecode, init[i], ("Array: size_or_sequence[%d]"):format(i)) end
+  return a
 end
 
 -- -- Namespace and Value ----------------------------------------------------------------
@@ -282,8 +339,14 @@ local NAMESPACE = {
 
 local VALUE = {
   get = function(v) return v.value end,
-  set = function(v, x) v.value = x end,
+  set = function(v, x) v.value = convert(v.typecode, x, "Value.value") end,
 }
+
+-- Value(typecode [, value]): value defaults to the typecode's zero, as in mp.Value.
+local function value_new(typecode, v)
+  if v == nil then v = zero_of(typecode) end
+  return { typecode = typecode, value = convert(typecode, v, "Value: argument #2 (value)") }
+end
 
 -- -- Locks, semaphores, events and queues ----------------------------------------------
 -- They are the real objects (in the server's shared arena). A call that
@@ -335,10 +398,30 @@ local function acquirer(method)
   end
 end
 
-local LOCK = {
-  acquire = acquirer("acquire"),
-  release = function(lock) lock:release() end,
-}
+-- The client that holds each Lock of the server. The lock itself is held
+-- by this process, which lives on, so its own recovery of a dead holder
+-- cannot help: a client that goes away gives its Locks back here
+-- (Server:_drop), as SPEC asks of a Lock whose holder died. Semaphores are
+-- not given back, as in Python: they have no owner, and a count taken by a
+-- consumer that died was consumed (giving it back would invent a token, or
+-- over-release a BoundedSemaphore).
+local lock_holders = setmetatable({}, { __mode = "k" })
+local current_client, current_server
+
+local function lock_acquire(lock, block, timeout)
+  check_wait_args("acquire", block, timeout)
+  local me = current_client
+  local ok = retry_until(function() return lock:acquire(false) end, block, timeout)
+  if ok then lock_holders[lock] = me end
+  return ok
+end
+
+local function lock_release(lock)
+  lock:release()
+  lock_holders[lock] = nil
+end
+
+local LOCK = { acquire = lock_acquire, release = lock_release }
 
 local SEMAPHORE = {
   acquire = acquirer("acquire"),
@@ -385,7 +468,6 @@ local QUEUE = {
 -- Server:_step), since
 -- every client's call runs in this one process. A client that goes away
 -- gives back the RLocks it held (Server:_drop), rather than wedging them.
-local current_client, current_server
 local rlocks = setmetatable({}, { __mode = "k" })
 
 local function rlock_new()
@@ -439,9 +521,15 @@ local RLOCK_USE = {
   restore = rlock_take,
 }
 
+local function lock_take(l, me)
+  if not l:acquire(false) then return false end
+  lock_holders[l] = me
+  return true
+end
+
 local LOCK_USE = {
-  take = function(l) return l:acquire(false) end,
-  release = function(l) l:release() end,
+  take = lock_take,
+  release = lock_release,
   owned = function(l)
     if l:acquire(false) then
       l:release()
@@ -449,8 +537,8 @@ local LOCK_USE = {
     end
     return true
   end,
-  save = function(l) l:release() end,
-  restore = function(l) return l:acquire(false) end,
+  save = lock_release,
+  restore = lock_take,
 }
 
 local function cond_owned(c, method)
@@ -473,7 +561,7 @@ local CONDITION = {
     cond_owned(c, "wait")
     local use, lock, me = c.use, c.lock, current_client
     local saved = use.save(lock)
-    local token = { notified = false }
+    local token = { notified = false, client = me }
     c.waiters[#c.waiters + 1] = token
     local notified = retry_until(function() return token.notified end, true, timeout)
     if not notified then
@@ -484,9 +572,19 @@ local CONDITION = {
     retry_until(function() return use.restore(lock, me, saved) end, true, nil)
     return notified
   end,
+  -- A waiter whose client has gone (its connection closed by _drop) is
+  -- skipped, so that a notify is not spent on it.
   notify = function(c, n)
     cond_owned(c, "notify")
-    for _ = 1, math.min(n or 1, #c.waiters) do table.remove(c.waiters, 1).notified = true end
+    local waiters = c.waiters
+    n = n or 1
+    while n > 0 and #waiters > 0 do
+      local t = table.remove(waiters, 1)
+      if not t.client.closed then
+        t.notified = true
+        n = n - 1
+      end
+    end
   end,
   notify_all = function(c)
     cond_owned(c, "notify_all")
@@ -560,6 +658,13 @@ local function broken()
   raise("BrokenBarrierError", "the barrier is broken")
 end
 
+-- A waiter of generation gen leaves without passing: it no longer counts
+-- as waiting (a reset has already set the count of a new generation).
+local function barrier_leave(b, gen)
+  if b.generation == gen and b.count > 0 then b.count = b.count - 1 end
+  broken()
+end
+
 local BARRIER = {
   wait = function(b, timeout)
     check_wait_args("wait", nil, timeout)
@@ -572,14 +677,14 @@ local BARRIER = {
       for c in pairs(b.waiting) do
         if c.closed or c:poll() then
           barrier_break(b)
-          broken()
+          barrier_leave(b, gen)
         end
       end
       if b.action then
         local ok = pcall(b.action)
         if not ok then
           barrier_break(b)
-          broken()
+          barrier_leave(b, gen)
         end
       end
       b.count, b.generation = 0, gen + 1
@@ -589,10 +694,10 @@ local BARRIER = {
     local done = retry_until(function() return b.generation ~= gen or b.broken_gens[gen] end, true,
       timeout or b.timeout)
     b.waiting[me] = nil
-    if b.broken_gens[gen] then broken() end
+    if b.broken_gens[gen] then barrier_leave(b, gen) end
     if not done then
       barrier_break(b)
-      broken()
+      barrier_leave(b, gen)
     end
     return index
   end,
@@ -602,7 +707,7 @@ local BARRIER = {
     b.count, b.generation, b.broken = 0, b.generation + 1, false
   end,
   parties = function(b) return b.parties end,
-  n_waiting = function(b) return b.count end,
+  n_waiting = function(b) return b.broken and 0 or b.count end,  -- as Python's
   broken = function(b) return b.broken end,
 }
 
@@ -630,12 +735,54 @@ M.BUILTIN = {
   dict = { make = dict_new, methods = DICT },
   list = { make = function(t) return seq_new(t, "list") end, methods = LIST },
   Namespace = { make = function() return {} end, methods = NAMESPACE },
-  Value = { make = function(typecode, v)
-    check_typecode("Value", typecode)
-    return { typecode = typecode, value = v }
-  end, methods = VALUE },
+  Value = { make = value_new, methods = VALUE },
   Array = { make = array_new, methods = ARRAY },
 }
+
+-- A registered callable may return a luamp Lock, Semaphore, Event or queue
+-- without naming a proxytype: its waits then yield to the loop as those of
+-- m:Lock(), m:Queue() do (OPEN: its other methods, a Queue's close say, are
+-- called as they are). Any other method that blocks, in a registered
+-- object of the script's own, holds up the whole server until it returns:
+-- see serve_forever.
+local OPEN = {}
+local luamp_types  -- ctype -> the methods its objects are served with
+
+local function open_methods(methods)
+  local t = { [OPEN] = true }
+  for k, v in pairs(methods) do t[k] = v end
+  return t
+end
+
+local function simple_get(q)
+  local got, item
+  retry_until(function()
+    got, item = q:_poll(0)
+    return got
+  end, true, nil)
+  return item
+end
+
+local function served_methods(obj)
+  if type(obj) ~= "cdata" then return nil end
+  if luamp_types == nil then
+    require("multiprocessing")
+    local queue = open_methods(QUEUE)
+    luamp_types = {
+      [ffi.typeof("struct luamp_Lock")] = open_methods(LOCK),
+      [ffi.typeof("struct luamp_Semaphore")] = open_methods(SEMAPHORE),
+      [ffi.typeof("struct luamp_BoundedSemaphore")] = open_methods(SEMAPHORE),
+      [ffi.typeof("struct luamp_Event")] = open_methods(EVENT),
+      [ffi.typeof("struct luamp_queue_Queue")] = queue,
+      [ffi.typeof("struct luamp_queue_JoinableQueue")] = queue,
+      [ffi.typeof("struct luamp_queue_SimpleQueue")] = { [OPEN] = true, get = simple_get },
+    }
+  end
+  for ct, methods in pairs(luamp_types) do
+    if ffi.istype(ct, obj) then return methods end
+  end
+  return nil
+end
 
 -- -- The server ----------------------------------------------------------------------
 
@@ -661,6 +808,7 @@ function SERVER_OPS.create(server, typeid, ...)
     obj, methods, kind = entry[1](...), M.BUILTIN[entry[2]].methods, entry[2]
   else
     obj, kind = entry(...), "generic"
+    methods = served_methods(obj)
   end
   local id = server.next_id
   server.next_id = id + 1
@@ -834,10 +982,10 @@ local function find_method(self, id, method)
   local methods = self.methods[id]
   if methods then
     local fn = methods[method]
-    if not fn then
+    if fn then return obj, fn end
+    if not methods[OPEN] then
       raise("ValueError", ("%s proxy: no method %s"):format(self.typeids[id], tostring(method)))
     end
-    return obj, fn
   end
   if type(method) ~= "string" or method:sub(1, 1) == "_" then
     raise("ValueError", ("%s proxy: %s is not a public method (names starting with _ are private)")
@@ -882,6 +1030,9 @@ function Server:_drop(c)
   for r in pairs(rlocks) do
     if r.owner == c then r.owner, r.count = nil, 0 end
   end
+  for lock, holder in pairs(lock_holders) do
+    if holder == c then pcall(lock_release, lock) end
+  end
   for b in pairs(barriers) do
     if b.waiting[c] then barrier_break(b) end
   end
@@ -894,12 +1045,22 @@ function Server:_drop(c)
   pcall(c.close, c)
 end
 
+-- A result that cannot be sent is named `result` (`result[i]` among
+-- several), not by its place in the reply.
+local function blame_result(reply, err)
+  local n = reply.n - 1
+  return require("multiprocessing.managers")._blame(reply, 2, reply.n, function(k)
+    return n == 1 and "result" or ("result[%d]"):format(k - 1)
+  end) or err
+end
+
 function Server:_reply(c, reply)
   self.replying_to = c
   local ok, err = pcall(c.send, c, reply)
   self.replying_to = nil
   if ok then return end
   if is_error(err, "SerializationError") then  -- nothing was sent: say why instead
+    if reply[1] == true then err = blame_result(reply, err) end
     ok = pcall(c.send, c, { false, error_info(err), n = 2 })
     if ok then return end
   end
@@ -1021,6 +1182,8 @@ end
 
 -- server:serve_forever(): serves until a client sends shutdown; then closes
 -- the Listener (removing a Unix socket file) and every client connection.
+-- One method at a time runs here: one that blocks without yielding (see
+-- the top of this file) stops the loop until it returns.
 function Server:serve_forever()
   self.running = true
   local active = false

@@ -26,7 +26,11 @@
 -- takes a reference first (a round trip), so a proxy in a queue cannot be
 -- freed before its receiver has it; a method that fails in the server raises RemoteError in the
 -- caller (a luamp error keeps its type); a proxy call to a server that is
--- shut down or dead raises EOFError at once. mp.Manager() starts its
+-- shut down or dead raises EOFError at once; the server is one process with
+-- no threads, so a registered object's method that blocks (other than the
+-- waits of luamp's own Lock, Semaphore, Event and queues, which yield to the
+-- other clients) holds up every client until it returns, and shutdown()
+-- then terminates the server after STOP_TIMEOUT. mp.Manager() starts its
 -- server with the current start method, ctx.Manager() with the context's,
 -- BaseManager{ctx = ...} with the one given.
 -- Fork safety: a forked child opens its own connections (the parent's are
@@ -46,7 +50,7 @@ local raise, is_error = core.error, core.is_error
 local M = {}
 
 local START_TIMEOUT = 60  -- seconds for a server process to report its address
-local STOP_TIMEOUT = 5    -- seconds for a server to end after shutdown
+local STOP_TIMEOUT = 1    -- seconds for a server to end after shutdown (Python's), then for SIGTERM
 
 -- -- Connections, one per manager address in each process --------------------------
 
@@ -56,6 +60,19 @@ local known_keys = {}  -- address key -> authkey given to a manager of this proc
 local function address_key(address)
   if type(address) == "table" then return tostring(address[1]) .. ":" .. tostring(address[2]) end
   return tostring(address)
+end
+
+-- An address key as messages show it (an abstract one starts with a NUL byte).
+local function shown(key)
+  return (key:gsub("%z", "\\0"))
+end
+
+-- A manager given no address listens on a Unix socket in Linux's abstract
+-- namespace, as Python's does on Linux: there is no socket file, so none is
+-- left behind when the server or the script is killed.
+local function fresh_address()
+  local tag = core.urandom(6):gsub(".", function(ch) return ("%02x"):format(ch:byte()) end)
+  return "\0" .. ("luamp-manager-%d-%s"):format(core.getpid(), tag)
 end
 
 local remote_error = require("multiprocessing.remote_error")
@@ -86,6 +103,7 @@ local pending = {}   -- address key -> {[op] = {id, ...}} for the next request
 local routes = {}    -- address key -> a proxy state, to reach that manager at exit
 local sending_key    -- the key of the manager whose request is being encoded
 local receiving      -- the state whose call is reading a reply
+local probing        -- encoding only to find what cannot be sent (M._blame): no references taken
 
 -- Each op is one store into its own list, so a __gc that runs while this
 -- allocates (and queues a DECREF itself) cannot tear an entry. The server
@@ -125,7 +143,7 @@ util.register_after_fork(function() conns, epochs, pending, routes = {}, {}, {},
 
 local function gone(st, why)
   forget(st.key)
-  raise("EOFError", ("the manager at %s is gone (%s)"):format(st.key, tostring(why)))
+  raise("EOFError", ("the manager at %s is gone (%s)"):format(shown(st.key), tostring(why)))
 end
 
 local function attach(key, c)
@@ -134,18 +152,38 @@ local function attach(key, c)
   return c
 end
 
-local function open(st)
+-- Client(address, nil, authkey), giving up after `timeout` seconds (nil
+-- returned) if the server has not begun the authkey challenge by then: it
+-- speaks first, unless its loop is stuck in a method that blocks.
+local function dial(address, authkey, timeout)
+  if timeout == nil then return connection.Client(address, nil, authkey) end
+  local is_unix = type(address) ~= "table"
+  local c = core.conn_wrap(core.conn_connect(is_unix, is_unix and address or address[1],
+                                             is_unix and 0 or address[2]), true, true, false)
+  local ok, err = pcall(function()
+    if not c:poll(timeout) then return false end
+    c:_authenticate(authkey, false)
+    return true
+  end)
+  if ok and err then return c end
+  c:close()
+  if not ok then error(err, 0) end
+  return nil
+end
+
+-- Opens this process's connection to st's manager (nil: see dial).
+local function open(st, timeout)
   local authkey = known_keys[st.key] or st.authkey
   if authkey == nil and st.arena == core.shm_id() then authkey = process.authkey() end
   if authkey == nil then
-    raise("AuthenticationError", ("no authkey for the manager at %s: connect a manager to it first"):format(st.key))
+    raise("AuthenticationError", ("no authkey for the manager at %s: connect a manager to it first"):format(shown(st.key)))
   end
-  local ok, c = pcall(connection.Client, st.address, nil, authkey)
+  local ok, c = pcall(dial, st.address, authkey, timeout)
   if not ok then
     if is_error(c, "OSError") then gone(st, c) end
     error(c, 0)
   end
-  return attach(st.key, c)
+  return c and attach(st.key, c)
 end
 
 -- Puts back ops that were not sent, with those queued since.
@@ -160,6 +198,36 @@ local function requeue(key, ops)
   pending[key] = ops
 end
 
+-- M._blame(values, i, j, role_of) -> the SerializationError of the first of
+-- values[i..j] that cannot be sent, its path starting at role_of(k) (the
+-- request or reply table around them is no business of the caller's); nil
+-- when each can be sent alone. Only for an error path: it encodes again.
+function M._blame(values, i, j, role_of)
+  local outer = probing
+  probing = true
+  for k = i, j do
+    local ok, err = pcall(core.dumps, values[k], role_of(k))
+    if not ok and is_error(err, "SerializationError") then
+      probing = outer
+      return err
+    end
+  end
+  probing = outer
+end
+
+-- The roles of the values a proxy's field assignment sends.
+local ASSIGN_ROLES = { setitem = { "key", "value" }, setattr = { "key", "value" }, set = { "value" } }
+
+-- What to raise when req could not be encoded: the error of the argument at fault.
+local function explain(st, req, err)
+  if not is_error(err, "SerializationError") then return err end
+  local first = (req[1] == 0 and req[2] == "create") and 4 or 3  -- create's args follow the typeid
+  local roles = st.kind ~= "generic" and ASSIGN_ROLES[req[2]]
+  return M._blame(req, first, req.n, function(k)
+    return roles and roles[k - 2] or ("args[%d]"):format(k - first + 1)
+  end) or err
+end
+
 local function send(st, c, req)
   local outer = sending_key
   sending_key = st.key
@@ -171,7 +239,7 @@ local function send(st, c, req)
     gone(st, err)
   end
   if req.refs then requeue(st.key, req.refs) end
-  error(err, 0)  -- e.g. SerializationError: nothing was sent
+  error(explain(st, req, err), 0)  -- e.g. SerializationError: nothing was sent
 end
 
 local function receive(st, c)
@@ -206,11 +274,27 @@ local function server_of(st)
   return { address = st.address, key = st.key, id = 0, authkey = st.authkey, arena = st.arena }
 end
 
+-- Sends st's server a request and, without waiting for its reply, closes
+-- the connection: the server applies the request's reference ops, then
+-- drops what the connection held. Waits at most `timeout` seconds on a
+-- server stuck in a method that blocks (see manager_server.lua).
+local function post(st, method, timeout)
+  local key = st.key
+  local c = conns[key] or open(st, timeout)
+  if c == nil then return end
+  local req = { 0, method, n = 2 }
+  local ops = pending[key]
+  if ops then req.refs, pending[key] = ops, nil end
+  send(st, c, req)
+  forget(key)
+  c:close()
+end
+
 -- At exit, adopted references that never rode on a request are given back
 -- (the others go with the connection).
 util.at_exit(function()
   for key, ops in pairs(pending) do
-    if #ops[ADOPT] > 0 then pcall(call, server_of(routes[key]), "ping") end
+    if #ops[ADOPT] > 0 then pcall(post, server_of(routes[key]), "ping", STOP_TIMEOUT) end
   end
 end)
 
@@ -242,6 +326,7 @@ end
 
 -- The reference a handle of st takes with it: see "References" above.
 local function take_ref(st)
+  if probing then return nil end
   local server = server_mod.serving[st.ident]
   if server then return server:_ref_out(st.id) end
   if sending_key == st.key then return nil end
@@ -287,21 +372,24 @@ local function define(kind, name, meta)
   mt.__gc = release
   mt.__tostring = function(p)
     local st = states[p]
-    return ("<%s proxy of '%s' id=%s at %s>"):format(name, st.typeid, tostring(st.id), st.key)
+    return ("<%s proxy of '%s' id=%s at %s>"):format(name, st.typeid, tostring(st.id), shown(st.key))
   end
   protos[kind] = proto
 end
 
--- Copies of a proxy's contents, so proxies may be passed where tables are.
-local function plain(v, method)
-  if is_proxy(v) then return call(state_of(v), method) end
+-- A copy of a dict, list or Array proxy's contents, so such proxies may be
+-- passed where tables are (Python copies them too); anything else as it is.
+local COPY = { dict = "copy", list = "totable", Array = "totable" }
+local function plain(v)
+  local st = type(v) == "userdata" and states[v]
+  if st and COPY[st.kind] then return call(st, COPY[st.kind]) end
   return v
 end
 
 local DICT = {
   get = remote("get"), keys = remote("keys"), values = remote("values"), items = remote("items"),
   pop = remote("pop"), setdefault = remote("setdefault"), clear = remote("clear"), copy = remote("copy"),
-  update = function(self, t) return call(state_of(self), "update", plain(t, "copy")) end,
+  update = function(self, t) return call(state_of(self), "update", plain(t)) end,
   -- for k, v in d:pairs() do: over a copy of the items taken now
   pairs = function(self)
     local items, i = call(state_of(self), "items"), 0
@@ -327,7 +415,7 @@ local LIST = {
   append = remote("append"), insert = remote("insert"), pop = remote("pop"), remove = remote("remove"),
   index = remote("index"), count = remote("count"), sort = remote("sort"), reverse = remote("reverse"),
   totable = remote("totable"),
-  extend = function(self, t) return call(state_of(self), "extend", plain(t, "totable")) end,
+  extend = function(self, t) return call(state_of(self), "extend", plain(t)) end,
 }
 
 local function sequence(methods)
@@ -505,7 +593,9 @@ end
 -- SyncManager type ("Queue", "Lock", "Event", ...) whose proxy the
 -- callable's object gets, e.g. register("jobs", function() return q end,
 -- "Queue") for an mp.Queue() q of the server: its get then waits in the
--- server without holding up the other clients, as m:Queue()'s does.
+-- server without holding up the other clients, as m:Queue()'s does. Without
+-- a proxytype, such an object's waits yield the same way behind a generic
+-- proxy (whose other methods are the object's own).
 function BaseManager.register(cls, typeid, callable, proxytype)
   if rawget(cls, "__index") == nil then cls = getmetatable(cls) end  -- called on an instance
   if type(typeid) ~= "string" or typeid:sub(1, 1) == "_" or RESERVED[typeid] then
@@ -577,7 +667,7 @@ function BaseManager:start(initializer, initargs)
   counter = counter + 1
   local name = (rawget(getmetatable(self), "__name") or "Manager") .. "-" .. counter
   local proc = ctx.Process{ target = server_main, daemon = true, name = name,
-                            args = { getmetatable(self)._registry, self.address, self._authkey, w,
+                            args = { getmetatable(self)._registry, self.address or fresh_address(), self._authkey, w,
                                      initializer, initargs } }
   proc:start()
   w:close()
@@ -601,11 +691,14 @@ end
 
 -- m:connect(): uses a server that is already running (another process, or
 -- another luamp program); ConnectionRefusedError or AuthenticationError as
--- Client raises them.
+-- Client raises them. The challenge runs even when this process is already
+-- connected to that address: a wrong key must fail here, not be recorded
+-- for the connections that children open later.
 function BaseManager:connect()
   if self._state ~= "initial" then raise("ValueError", "connect: the manager was already started or connected") end
   local st = server_state(self)
-  if conns[st.key] == nil then attach(st.key, connection.Client(self.address, nil, self._authkey)) end
+  local c = connection.Client(self.address, nil, self._authkey)
+  if conns[st.key] == nil then attach(st.key, c) else c:close() end
   known_keys[st.key] = self._authkey
   call(st, "ping")
   self._server, self._state = st, "connected"
@@ -615,28 +708,32 @@ end
 -- serve_forever() serves until a client shuts it down.
 function BaseManager:get_server()
   if self._state ~= "initial" then raise("ValueError", "get_server: the manager was already started or connected") end
-  local server = server_mod.new(getmetatable(self)._registry, self.address, self._authkey)
+  local server = server_mod.new(getmetatable(self)._registry, self.address or fresh_address(), self._authkey)
   self.address = server.address
   return server
 end
 
 -- m:shutdown(): asks the server to stop and reaps its process; proxy calls
--- raise EOFError afterwards. Harmless twice.
+-- raise EOFError afterwards. Harmless twice. As Python's finalizer does, it
+-- gives the server STOP_TIMEOUT seconds to end, then terminates it, then
+-- kills it: a server stuck in a registered object's method that blocks
+-- (see manager_server.lua) cannot make shutdown, or the script's end, hang.
 function BaseManager:shutdown()
   if self._state == "shutdown" then return end
   if self._state ~= "started" then raise("ValueError", "shutdown: the manager was not started by this process") end
   self._state = "shutdown"
   util.cancel(self)
-  local st = self._server
-  pcall(call, st, "shutdown")
-  local c = conns[st.key]
-  forget(st.key)
-  if c then pcall(c.close, c) end
+  pcall(post, self._server, "shutdown", STOP_TIMEOUT)
+  forget(self._server.key)
   local proc = self._process
   proc:join(STOP_TIMEOUT)
   if proc.exitcode == nil then
     proc:terminate()
     proc:join(STOP_TIMEOUT)
+  end
+  if proc.exitcode == nil then
+    proc:kill()
+    proc:join()
   end
 end
 
@@ -659,9 +756,18 @@ SyncManager.__name = "SyncManager"
 M.SyncManager = SyncManager
 core.register_class("multiprocessing.managers.SyncManager", SyncManager)
 SyncManager._registry = {}
+-- The contents that m:dict(d), m:list(l) and m:Array(typecode, l) copy
+-- when given a proxy, as Python's do: the argument's position.
+local COPIED_ARG = { dict = 1, list = 1, Array = 2 }
 for typeid in pairs(server_mod.BUILTIN) do
   SyncManager._registry[typeid] = typeid
-  SyncManager[typeid] = function(self, ...) return self:_create(typeid, ...) end
+  local at = COPIED_ARG[typeid]
+  SyncManager[typeid] = at == nil and function(self, ...) return self:_create(typeid, ...) end
+    or function(self, ...)
+      local args = table.pack(...)
+      args[at] = plain(args[at])
+      return self:_create(typeid, unpack(args, 1, args.n))
+    end
 end
 
 -- mp.Manager() -> a started SyncManager
