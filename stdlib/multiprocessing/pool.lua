@@ -65,10 +65,58 @@ local function check_chunksize(chunksize, fname)
   return chunksize
 end
 
+-- The length of a table that may carry `n` (as table.pack makes): t.n if
+-- set, else #t; or nil and the error if `n` is not a count.
+local function length_of(t, fname, what)
+  local n = t.n
+  if n == nil then return #t end
+  if type(n) ~= "number" then
+    return nil, core.new_error("TypeError", ("%s: %s.n expected a number, got %s"):format(fname, what, type(n)))
+  end
+  if not (n >= 0) or n ~= math.floor(n) or n == math.huge then
+    return nil, core.new_error("ValueError",
+      ("%s: %s.n must be a whole number >= 0, got %s"):format(fname, what, tostring(n)))
+  end
+  return n
+end
+
+-- LuaJIT's unpack gives fewer than LUAI_MAXCSTACK (8000) values, counting
+-- the slots its caller's frame already uses: a worker could not pass more.
+local MAX_ARGS = 7000
+
+-- An args table (apply's args, initargs, a starmap item): nil if it is
+-- one, else the error to raise (`what`, or `what[pos]`, names it in the
+-- message).
+local function args_problem(args, fname, what, pos)
+  local n, err
+  if type(args) == "table" then
+    n = args.n
+    if n == nil then n = #args end
+    if type(n) == "number" and n >= 0 and n <= MAX_ARGS and n == math.floor(n) then return nil end
+  end
+  if pos then what = ("%s[%d]"):format(what, pos) end
+  if type(args) ~= "table" then
+    return core.new_error("TypeError", ("%s: %s expected a table of arguments, got %s"):format(fname, what, type(args)))
+  end
+  n, err = length_of(args, fname, what)
+  if err then return err end
+  if n > MAX_ARGS then
+    return core.new_error("ValueError", ("%s: %s holds %d arguments, more than a call can take (%d)")
+      :format(fname, what, n, MAX_ARGS))
+  end
+end
+
+local function check_args(args, fname, what)
+  local err = args_problem(args, fname, what)
+  if err then error(err, 0) end
+end
+
 -- A table (items 1..t.n or #t) or an iterator function -> next(), total
 local function items_of(seq, fname, pos)
   if type(seq) == "table" then
-    local n, i = seq.n or #seq, 0
+    local n, err = length_of(seq, fname, "iterable")
+    if err then error(err, 0) end
+    local i = 0
     return function()
       if i >= n then return false end
       i = i + 1
@@ -119,7 +167,7 @@ end
 -- serializer at all; any other body is one serialized value.
 local ffi = require("ffi")
 ffi.cdef[[
-typedef struct { int32_t job, index, fid, kind, flags, def_len, count, drop; } luamp_pool_task;
+typedef struct { int32_t job, index, fid, kind, flags, def_len, count, drop, first; } luamp_pool_task;
 typedef struct { int32_t wid, job, index, ok, flags, position, count; } luamp_pool_reply;
 ]]
 local C = ffi.C
@@ -127,9 +175,6 @@ local TASK_SIZE, REPLY_SIZE = ffi.sizeof("luamp_pool_task"), ffi.sizeof("luamp_p
 local CALL, MAP, STARMAP = 1, 2, 3
 local NUMBERS = 1  -- flags: the body is `count` doubles
 local STOP = 0     -- a task header with job 0: the worker ends
--- Functions a worker keeps at once; the parent tells it (`drop`) which one
--- to forget when it sends one more, oldest first.
-local WORKER_FUNCS = 64
 
 local function queue_failed()
   core.error(ffi.string(C.luamp_queue_error_type()), ffi.string(C.luamp_queue_error_message()))
@@ -188,11 +233,17 @@ local function task_body(t, p, len)
   return core.queue_decode_held(len)
 end
 
+-- f(unpack(args)) under the task's xpcall: args the parent let through
+-- that still cannot be unpacked fail the call, not the worker.
+local function call_unpacked(f, args)
+  return f(unpack(args, 1, args.n or #args))
+end
+
 -- Runs one task; returns ok and the results (a table with n), or false,
 -- the error info, the results before the failure and its position.
 local function run_task(f, kind, data)
   if kind == CALL then
-    local r = pack(xpcall(f, error_info, unpack(data, 1, data.n or #data)))
+    local r = pack(xpcall(call_unpacked, error_info, f, data))
     if not r[1] then return false, r[2] end
     return true, pack(unpack(r, 2, r.n))
   end
@@ -202,8 +253,7 @@ local function run_task(f, kind, data)
     if kind == MAP then
       ok, v = xpcall(f, error_info, data[i])
     else
-      local args = data[i]
-      ok, v = xpcall(f, error_info, unpack(args, 1, args.n or #args))
+      ok, v = xpcall(call_unpacked, error_info, f, data[i])
     end
     if not ok then return false, v, out, i end
     out[i] = v
@@ -212,6 +262,8 @@ local function run_task(f, kind, data)
 end
 
 local rhdr = ffi.new("luamp_pool_reply")
+-- The task being run: its kind, and the input position of its first item.
+local task_kind, task_first = CALL, 1
 
 local function put_reply(results, value)
   local count = value.n or 0
@@ -226,15 +278,41 @@ local function put_reply(results, value)
   if rc ~= 1 then queue_failed() end
 end
 
--- Sends a reply; a value that cannot be sent becomes a SerializationError
--- reply (and an error value that cannot be sent, its text).
+-- The serializer's note that "fork" would pass the value on: a result is
+-- made in the worker, so no start method would.
+local FORK_HINT = ' (a child started with the "fork" start method inherits it instead)'
+
+local function without_fork_hint(err)
+  local at = core.is_error(err) and err.message:find(FORK_HINT, 1, true)
+  if not at then return err end
+  return core.new_error(err.type, err.message:sub(1, at - 1) .. err.message:sub(at + #FORK_HINT))
+end
+
+-- Results that cannot be sent: the position in the chunk of the first
+-- one that cannot (its path names its position in the input, as
+-- `result[13].y`), and its error.
+local function unsendable_result(value)
+  if task_kind ~= CALL then
+    for i = 1, value.n do
+      local ok, err = pcall(dumps, value[i], ("result[%d]"):format(task_first + i - 1))
+      if not ok then return i, without_fork_hint(err) end
+    end
+  end
+  return 1, without_fork_hint(select(2, pcall(dumps, value, "result")))
+end
+
+-- Sends a reply; results that cannot be sent become a SerializationError
+-- at the first that cannot, after the others (and an error value that
+-- cannot be sent, its text).
 local function reply(results, job, index, ok, value, partial, position)
   rhdr.job, rhdr.index, rhdr.ok, rhdr.position = job, index, ok and 1 or 0, position or 0
   if ok then
     if pcall(put_reply, results, value) then return end
-    rhdr.ok, rhdr.position = 0, 1
-    value = { value = select(2, pcall(dumps, value, "result")), traceback = "" }
-    partial = nil
+    local bad, err = unsendable_result(value)
+    partial = { n = bad - 1 }
+    for i = 1, bad - 1 do partial[i] = value[i] end
+    rhdr.ok, rhdr.position = 0, bad
+    value = { value = err, traceback = "" }
   end
   local failure = { info = value, partial = partial }
   if pcall(put_reply, results, failure) then return end
@@ -307,6 +385,7 @@ function M._worker(tasks, results, wid, initializer, initargs, maxtasks)
     local t = ffi.cast("const luamp_pool_task*", item.data)
     local job, index, kind, fid, def_len = t.job, t.index, t.kind, t.fid, t.def_len
     if job == STOP then break end
+    task_kind, task_first = kind, t.first
     if t.drop ~= 0 then funcs[t.drop] = nil end
     local ok, err = true, nil
     if def_len > 0 and funcs[fid] == nil then
@@ -358,21 +437,30 @@ local function new_job(pool, kind, callback, error_callback)
   return job
 end
 
+local function check_result(self, fname)
+  if getmetatable(self) ~= AsyncResult then
+    type_error(fname, 1, "self", "an AsyncResult (call it with ':')", self)
+  end
+end
+
 -- Looks for replies that have come in (without waiting) first.
 function AsyncResult:ready()
+  check_result(self, "ready")
   if not self._ready then self._pool:_pump(clock()) end
   return self._ready
 end
 
 function AsyncResult:successful()
+  check_result(self, "successful")
   if not self._ready then core.error("ValueError", "successful: the result is not ready") end
   return self._error == nil
 end
 
--- Waits up to `timeout` seconds (nil: no limit); returns whether it is ready.
-function AsyncResult:wait(timeout)
-  if timeout ~= nil and (type(timeout) ~= "number" or timeout ~= timeout or timeout < 0) then
-    core.error("ValueError", "wait: timeout must be a non-negative number or nil")
+local function wait(self, timeout, fname)
+  check_result(self, fname)
+  if timeout ~= nil then
+    if type(timeout) ~= "number" then type_error(fname, 1, "timeout", "a number or nil", timeout) end
+    if not (timeout >= 0) then core.error("ValueError", fname .. ": timeout must be a non-negative number") end
   end
   local deadline = timeout and clock() + timeout
   if not self._ready then self._pool:_pump(deadline) end
@@ -383,10 +471,15 @@ function AsyncResult:wait(timeout)
   return self._ready
 end
 
+-- Waits up to `timeout` seconds (nil: no limit); returns whether it is ready.
+function AsyncResult:wait(timeout)
+  return wait(self, timeout, "wait")
+end
+
 -- get(timeout): what the blocking form returns; TimeoutError if not ready
 -- in time; the task's error if it failed.
 function AsyncResult:get(timeout)
-  if not self:wait(timeout) then
+  if not wait(self, timeout, "get") then
     core.error("TimeoutError", ("get: no result within %g s"):format(timeout))
   end
   if self._error then error(self._error, 0) end
@@ -495,8 +588,10 @@ local function terminate_workers(workers)
 end
 
 -- Pool(processes, initializer, initargs, maxtasksperchild) or Pool{...}
+-- (a lone table is named parameters only without an element at [1], as
+-- everywhere in the library)
 local function init(self, ctx, processes, initializer, initargs, maxtasks)
-  if type(processes) == "table" then
+  if type(processes) == "table" and processes[1] == nil then
     local t = processes
     processes, initializer, initargs, maxtasks = t.processes, t.initializer, t.initargs, t.maxtasksperchild
   end
@@ -508,7 +603,10 @@ local function init(self, ctx, processes, initializer, initargs, maxtasks)
   if initializer ~= nil and not callable(initializer) then
     type_error("Pool", 2, "initializer", "a function", initializer)
   end
-  if initargs ~= nil and type(initargs) ~= "table" then type_error("Pool", 3, "initargs", "a table", initargs) end
+  if initargs ~= nil then
+    if type(initargs) ~= "table" then type_error("Pool", 3, "initargs", "a table", initargs) end
+    check_args(initargs, "Pool", "initargs")
+  end
   if maxtasks ~= nil then
     if type(maxtasks) ~= "number" then type_error("Pool", 4, "maxtasksperchild", "a number", maxtasks) end
     if maxtasks < 1 or maxtasks ~= math.floor(maxtasks) then
@@ -521,10 +619,13 @@ local function init(self, ctx, processes, initializer, initargs, maxtasks)
   self._results = queues.SimpleQueue()
   self._workers, self._by_wid, self._next_wid = {}, {}, 0
   self._jobs, self._next_job = {}, 0
-  -- function -> {fid, encoding}, for as long as the function lives
+  -- function -> {fid, encoding, token}, for as long as the function lives
   self._funcs, self._next_fid = setmetatable({}, { __mode = "k" }), 0
+  self._dead_fids = { n = 0 }  -- ids of functions collected since (Pool:_func_id)
   self._pending = no_pending()  -- tasks of blocking calls, sent as workers free up
   self._sources = {}        -- lazy jobs (imap over an iterator) that make more chunks
+  self._stopping = false    -- the workers have their stop messages (Pool:_stop_workers)
+  self._late = {}           -- jobs to finish at the next wait (AsyncResult:_finish_later)
   self._checked = clock()
   self._start_failures = 0
   self._task_time, self._held = QUEUED_WORK / MIN_HELD, MIN_HELD
@@ -550,7 +651,7 @@ function Pool:_start_worker()
   proc:start()
   -- Its tasks not yet answered, oldest first: jobs[i] and their chunk indexes[i].
   local w = { wid = wid, proc = proc, tasks = tasks, first = 1, last = 0, jobs = {}, indexes = {},
-              fids = {}, fid_order = { first = 1, last = 0 }, given = 0, done = 0 }
+              fids = {}, drops = { first = 1, last = 0 }, given = 0, done = 0 }
   self._workers[#self._workers + 1] = w
   self._by_wid[wid] = w
   return w
@@ -580,21 +681,17 @@ function Pool:_send(w, job, index)
   local flags, count, data, nbytes = job:_body(index)
   local fid = job._fid
   thdr.job, thdr.index, thdr.fid, thdr.kind = job._id, index, fid, job._task_kind
-  thdr.flags, thdr.count, thdr.drop = flags, count, 0
+  thdr.flags, thdr.count, thdr.first, thdr.drop = flags, count, job._starts[index], 0
+  local drops = w.drops
+  if drops.first <= drops.last then
+    thdr.drop, drops[drops.first], drops.first = drops[drops.first], nil, drops.first + 1
+  end
   -- The function goes with every task until a reply shows that the worker
   -- has it: a task taken back from a worker's queue (Pool:_steal) may be
   -- the one that carried it first.
   local state = w.fids[fid]
   if state ~= HAS then
-    if state == nil then
-      local order = w.fid_order
-      if order.last - order.first + 1 >= WORKER_FUNCS then
-        thdr.drop = order[order.first]
-        w.fids[thdr.drop], order[order.first], order.first = nil, nil, order.first + 1
-      end
-      order.last = order.last + 1
-      order[order.last], w.fids[fid] = fid, SENT
-    end
+    w.fids[fid] = SENT
     local def = job._def
     thdr.def_len = #def
     local head = ffi.string(thdr, TASK_SIZE) .. def
@@ -653,7 +750,19 @@ function Pool:_feed()
     end
     pending.jobs[first], pending.indexes[first], pending.first = nil, nil, first + 1
   end
-  for job in pairs(self._sources) do
+  if next(self._sources) ~= nil then self:_read_sources() end
+end
+
+-- Takes more chunks from the lazy jobs' input, as workers have room. An
+-- imap whose iterator was garbage-collected is dropped: nobody can see
+-- its results, and its input may never end.
+function Pool:_read_sources()
+  -- A failed input ends its job, whose callbacks may submit or close: look
+  -- at the sources there were on entry.
+  local jobs = {}
+  for job in pairs(self._sources) do jobs[#jobs + 1] = job end
+  for _, job in ipairs(jobs) do
+    if job._consumer and job._consumer[1] == nil then job:_abandon() end
     while not job._exhausted and (job._chunks - job._done_chunks) < self._held * self._processes do
       local w = self:_choose(self._held)
       if not w then break end
@@ -663,21 +772,65 @@ function Pool:_feed()
     end
     if job._exhausted then self._sources[job] = nil end
   end
+  if self._state == CLOSE and not self._stopping and next(self._sources) == nil then self:_stop_workers() end
 end
 
--- Gives `job` its function's id in this pool and encoding, encoding it the
--- first time (so an unsendable function raises before anything is sent).
-function Pool:_set_func(job, func)
+-- func's id in this pool and its encoding, encoded the first time (so an
+-- unsendable function raises before anything is sent).
+--
+-- A worker keeps its copy of a function (and so the state of its upvalues)
+-- for as long as the parent's function lives: the job holds it until the
+-- job is dropped, so no task of it can be sent after the function is gone.
+-- Once it is collected, a token in its entry here is collected in turn and
+-- notes its id; each worker that had it is then told (`drop` in a task
+-- header) to forget it.
+function Pool:_func_id(func)
+  self:_forget_dead_funcs()
   local known = self._funcs[func]
   if not known then
+    local def = dumps(func, "func")
     self._next_fid = self._next_fid + 1
-    known = { self._next_fid, dumps(func, "func") }
+    local fid, dead = self._next_fid, self._dead_fids
+    local token = newproxy(true)
+    getmetatable(token).__gc = function() dead.n = dead.n + 1 dead[dead.n] = fid end
+    known = { fid, def, token }
     self._funcs[func] = known
   end
-  job._fid, job._def = known[1], known[2]
+  return known[1], known[2]
 end
 
-function Pool:_check_running(fname)
+-- Queues a drop, for each worker that had it, of each function collected
+-- since the last look. (Collection may add more while this runs.)
+function Pool:_forget_dead_funcs()
+  local dead = self._dead_fids
+  if dead.n == 0 then return end
+  local i = 1
+  while i <= dead.n do
+    local fid = dead[i]
+    for _, w in ipairs(self._workers) do
+      if w.fids[fid] then
+        w.fids[fid] = nil
+        local drops = w.drops
+        drops.last = drops.last + 1
+        drops[drops.last] = fid
+      end
+    end
+    i = i + 1
+  end
+  for j = 1, i - 1 do dead[j] = nil end
+  dead.n = 0
+end
+
+local function check_pool(self, fname)
+  if getmetatable(self) ~= Pool then type_error(fname, 1, "self", "a Pool (call it with ':')", self) end
+end
+
+-- Every submit starts here. Replies already in are handled (callbacks
+-- run) before the new task is sent, never after: a task's own callback
+-- never runs inside the call that submitted it.
+local function begin_submit(self, fname)
+  check_pool(self, fname)
+  self:_drain_replies()
   if self._state ~= RUN then
     core.error("ValueError", ("%s: the pool is %s"):format(fname, self._state == CLOSE and "closed" or "terminated"))
   end
@@ -752,7 +905,15 @@ end
 
 -- Every reply already in the result queue.
 function Pool:_drain_replies()
+  if self._late[1] then self:_finish_late() end
   while self:_take_reply(0) do end
+end
+
+-- Jobs that ended other than by a reply (AsyncResult:_finish_later).
+function Pool:_finish_late()
+  local late = self._late
+  self._late = {}
+  for _, job in ipairs(late) do job:_finish() end
 end
 
 local function describe_exit(code)
@@ -790,12 +951,12 @@ function Pool:_worker_ended(w)
     if not job._ready then n, jobs[n + 1], indexes[n + 1] = n + 1, job, index end
   end
   for i = w.first, w.last do keep(w.jobs[i], w.indexes[i]) end
-  if self._state == RUN then
+  if not self._stopping then
     self:_start_worker()
     for i = 1, n do self:_dispatch(jobs[i], indexes[i], true) end
     return
   end
-  -- Closed: the other workers have their stop message already, so what
+  -- Stopping: the other workers have their stop message already, so what
   -- this one left, and what waits for a worker under maxtasksperchild,
   -- goes to a new one.
   local pending = self._pending
@@ -838,6 +999,8 @@ end
 -- them; notices workers that died. The heart of every blocking call.
 function Pool:_pump(deadline)
   self:_feed()
+  -- Jobs that ended without a reply to wait for (one may have just now).
+  if self._late[1] then return self:_finish_late() end
   local now = clock()
   local slice = CHECK_EVERY
   if deadline then slice = math.max(0, math.min(slice, deadline - now)) end
@@ -953,28 +1116,74 @@ local function default_chunksize(n, processes)
   return math.ceil(n / (4 * processes))
 end
 
+-- A job that ends other than by a reply (on a broken pool, over no items,
+-- at a failed input) finishes, callbacks and all, at the next wait or
+-- submit: never inside the call that submitted it, nor in the middle of
+-- handing out tasks.
+function AsyncResult:_finish_later()
+  local late = self._pool._late
+  late[#late + 1] = self
+end
+
+-- Nobody can read this imap's results any more (its iterator was
+-- garbage-collected): no more of its input is read, its replies are dropped.
+function AsyncResult:_abandon()
+  self._exhausted, self._ready = true, true
+  self._pool._jobs[self._id] = nil
+  if self._bar then self._bar.finish() end
+end
+
 function Pool:_submit_failed_at_once(job)
   job:_fail(self._broken)
   job._exhausted = true
-  job:_finish()
+  job:_finish_later()
   return job
+end
+
+-- The body of `chunk` (n items, the first at input position `first`).
+-- When an item cannot be sent: the body of the items before it (nil if
+-- none), that item's position in the chunk, and its error, whose path
+-- names its position in the input (`iterable[5]`).
+local function chunk_body(chunk, n, first)
+  local ok, flags, count, data = pcall(body_of, chunk, n, "iterable")
+  if ok then return flags, count, data end
+  local bad, err = 1, flags
+  for i = 1, n do
+    local fine, e = pcall(dumps, chunk[i], ("iterable[%d]"):format(first + i - 1))
+    if not fine then bad, err = i, e break end
+  end
+  if bad > 1 then
+    for i = bad, n do chunk[i] = nil end
+    chunk.n = bad - 1
+    ok, flags, count, data = pcall(body_of, chunk, bad - 1, "iterable")
+    if ok then return flags, count, data, bad, err end
+  end
+  return nil, nil, nil, 1, err
 end
 
 -- A job over `seq` in chunks. eager: every chunk goes to a worker now
 -- (the *_async forms: the parent may not come back for a while).
+--
+-- A table is read and encoded whole before anything is sent, so a bad
+-- item raises here. An iterator is read as workers have room
+-- (Pool:_read_sources); an item that cannot be taken (the iterator
+-- raised, the item cannot be sent, a starmap item is no args table) ends
+-- the input there and fails the job at that position, after the items
+-- before it: a map fails with that error, an imap raises it once it has
+-- yielded everything before it.
 function Pool:_map_job(kind, fname, func, seq, chunksize, opts)
-  self:_check_running(fname)
+  begin_submit(self, fname)
   check_func(func, fname)
   local next_item, total = items_of(seq, fname)
   chunksize = chunksize or (opts.imap and 1 or default_chunksize(total, self._processes))
+  local fid, def = self:_func_id(func)
   local job = new_job(self, opts.imap and "imap" or "map", opts.callback, opts.error_callback)
   if total and total > 0 then job._results = new_table(total, 1) end  -- no regrowth while filling
   job._results.n = total or 0
   job._total = total
-  -- Before anything is sent: replies may be collected before this returns.
   if opts.setup then opts.setup(job) end
   if self._broken then return self:_submit_failed_at_once(job) end
-  self:_set_func(job, func)
+  job._func, job._fid, job._def = func, fid, def
   job._task_kind, job._eager = kind == "starmap" and STARMAP or MAP, opts.eager
   job._chunksize, job._bodies = chunksize, {}
   if total and kind == "map" and all_numbers(seq, total) then
@@ -985,68 +1194,99 @@ function Pool:_map_job(kind, fname, func, seq, chunksize, opts)
       job._starts[i] = (i - 1) * chunksize + 1
       self:_dispatch(job, i, opts.eager)
     end
-    if total == 0 then job:_finish() end
+    if total == 0 then job:_finish_later() end
     self:_feed()
     return job
   end
-  local position = 0
+  local lazy, starmap = total == nil, kind == "starmap"
+  job._taken = 0  -- items read so far
+  -- Makes the next chunk: its index (nil if no item was left), and if an
+  -- item could not be taken, its error and its position in the input.
   local function next_chunk()
-    local chunk, n = {}, 0
+    local taken, chunk, n, err = job._taken, {}, 0, nil
     while n < chunksize do
-      local more, v = next_item()
+      local ok, more, v = true, nil, nil
+      if lazy then ok, more, v = pcall(next_item) else more, v = next_item() end
+      if not ok then err = more break end
       if not more then break end
+      if starmap then
+        err = args_problem(v, fname, "iterable", taken + n + 1)
+        if err then break end
+      end
       n = n + 1
       chunk[n] = v
     end
-    if n == 0 then
-      job._exhausted = true
-      if job._done_chunks == job._chunks then job:_finish() end
-      return nil
+    local failed_at, index = taken + n + 1, nil
+    if n > 0 then
+      chunk.n = n
+      local flags, count, data, bad, bad_err = chunk_body(chunk, n, taken + 1)
+      if bad then err, failed_at, n = bad_err, taken + bad, bad - 1 end
+      if n > 0 then
+        index = job._chunks + 1
+        job._chunks, job._starts[index] = index, taken + 1
+        job._bodies[index] = { flags = flags, count = count, data = data }
+        job._taken = taken + n
+        if lazy then job._results.n = job._taken end
+      end
     end
-    chunk.n = n
-    local index = job._chunks + 1
-    local flags, count, data = body_of(chunk, n, "iterable")
-    job._chunks, job._starts[index] = index, position + 1
-    job._bodies[index] = { flags = flags, count = count, data = data }
-    position = position + n
-    if total == nil then job._results.n = position end
+    if err then return index, err, failed_at end
+    if not index then
+      job._exhausted = true
+      if job._done_chunks == job._chunks then job:_finish_later() end
+    end
     return index
   end
-  job._next_chunk = next_chunk
-  if total ~= nil then
-    -- A table: encode every chunk first, so nothing is sent if one fails.
-    local ok, err = pcall(function() while next_chunk() do end end)
-    if not ok then
-      self._jobs[job._id] = nil
-      error(err, 0)
+  if not lazy then
+    while true do
+      local index, err = next_chunk()
+      if err then
+        self._jobs[job._id] = nil
+        if job._bar then job._bar.finish() end
+        error(err, 0)
+      end
+      if not index then break end
     end
     for i = 1, job._chunks do self:_dispatch(job, i, opts.eager) end
   else
+    job._next_chunk = function()
+      local index, err, at = next_chunk()
+      if not err then return index end
+      job:_fail(err, at)
+      job._exhausted = true
+      if job._kind ~= "imap" then  -- a map fails as a whole at its first error
+        job:_finish_later()
+        return nil
+      end
+      if job._done_chunks == job._chunks then job:_finish_later() end
+      return index
+    end
     self._sources[job] = true
   end
   self:_feed()
-  self:_drain_replies()
   return job
 end
 
 local function submit_call(self, fname, func, args, callback, error_callback)
-  self:_check_running(fname)
+  begin_submit(self, fname)
   check_func(func, fname)
-  if args ~= nil and type(args) ~= "table" then type_error(fname, 2, "args", "a table", args) end
+  if args ~= nil then
+    if type(args) ~= "table" then type_error(fname, 2, "args", "a table", args) end
+    check_args(args, fname, "args")
+  end
   if callback ~= nil and not callable(callback) then type_error(fname, 3, "callback", "a function", callback) end
   if error_callback ~= nil and not callable(error_callback) then
     type_error(fname, 4, "error_callback", "a function", error_callback)
   end
-  local job = new_job(self, "apply", callback, error_callback)
-  if self._broken then return self:_submit_failed_at_once(job) end
   args = args or {}
   local flags, count, data = body_of(args, args.n or #args, "args")
-  self:_set_func(job, func)
+  local fid, def = self:_func_id(func)
+  local job = new_job(self, "apply", callback, error_callback)
+  if self._broken then return self:_submit_failed_at_once(job) end
+  job._func, job._fid, job._def = func, fid, def
   job._task_kind, job._eager = CALL, true
   job._bodies = { { flags = flags, count = count, data = data } }
   job._chunks, job._exhausted, job._starts[1] = 1, true, 1
   self:_dispatch(job, 1, true)
-  self:_drain_replies()
   return job
 end
 
@@ -1068,6 +1308,7 @@ local function async_opts(chunksize, callback, error_callback, fname)
 end
 
 local function async_map(self, kind, fname, func, seq, chunksize, callback, error_callback)
+  check_pool(self, fname)
   local cs, opts = async_opts(chunksize, callback, error_callback, fname)
   -- The bar moves whenever the parent collects results (get, wait, ...).
   if opts.progress then opts.setup = function(job) watch(job, progress_bar(job._total)) end end
@@ -1085,12 +1326,13 @@ end
 -- -- Blocking maps ------------------------------------------------------------------
 
 local function blocking_map(self, kind, fname, func, seq, chunksize)
+  check_pool(self, fname)
   local cs, progress = map_options(chunksize, fname)
   local bar
   local job = self:_map_job(kind, fname, func, seq, cs, {
     setup = progress and function(j) bar = progress_bar(j._total) watch(j, bar) end,
   })
-  local ok, err = pcall(job.wait, job)
+  local ok, err = pcall(wait, job, nil, fname)
   if bar then bar.finish() end
   if not ok then error(err, 0) end
   if job._error then
@@ -1108,11 +1350,18 @@ function Pool:starmap(func, seq, chunksize)
   return blocking_map(self, "starmap", "starmap", func, seq, chunksize)
 end
 
--- imap / imap_unordered: `for i, v in pool:imap(f, seq) do`
+local WEAK_VALUES = { __mode = "v" }
+
+-- imap / imap_unordered: `for i, v in pool:imap(f, seq) do`. Either yields
+-- every result before a failed position, then raises its error.
 local function iterate(self, fname, func, seq, chunksize, unordered)
+  check_pool(self, fname)
   local cs, progress = map_options(chunksize, fname)
   local arrived = { first = 1, last = 0 }  -- unordered: positions in, not yet yielded
-  local got, next_pos = {}, 1              -- ordered: positions whose results are in
+  -- Positions whose results are in, and the first that is not: for
+  -- imap, the next to yield; for imap_unordered, every one before it has
+  -- been queued in `arrived`.
+  local got, next_pos = {}, 1
   local bar
   local function setup(job)
     bar = progress and progress_bar(job._total)
@@ -1120,19 +1369,21 @@ local function iterate(self, fname, func, seq, chunksize, unordered)
     job._on_chunk = function(index, _, delivered)
       local first = job._starts[index]
       for p = first, first + delivered - 1 do
+        got[p] = true
         if unordered then
           arrived.last = arrived.last + 1
           arrived[arrived.last] = p
-        else
-          got[p] = true
         end
+      end
+      if unordered then
+        while got[next_pos] do got[next_pos], next_pos = nil, next_pos + 1 end
       end
       if bar then bar.add(delivered) end
     end
   end
   local job = self:_map_job("map", fname, func, seq, cs, { imap = true, setup = setup })
   local failed = false
-  return function()
+  local function step()
     while true do
       if unordered and arrived.first <= arrived.last then
         local p = arrived[arrived.first]
@@ -1145,7 +1396,7 @@ local function iterate(self, fname, func, seq, chunksize, unordered)
         return p, job._results[p]
       end
       local err_at = job._error_at
-      if job._error and not failed and (unordered or err_at == nil or next_pos >= err_at) then
+      if job._error and not failed and (err_at == nil or next_pos >= err_at) then
         if bar then bar.finish() end
         failed = true  -- the iteration ends with this error
         error(job._error, 0)
@@ -1157,6 +1408,9 @@ local function iterate(self, fname, func, seq, chunksize, unordered)
       self:_pump()
     end
   end
+  -- Held weakly: a job whose iterator is gone stops reading its input.
+  job._consumer = setmetatable({ step }, WEAK_VALUES)
+  return step
 end
 
 function Pool:imap(func, seq, chunksize)
@@ -1169,16 +1423,10 @@ end
 
 -- -- Ending ----------------------------------------------------------------------------
 
--- No more tasks; the workers end once they have done theirs.
-function Pool:close()
-  if self._state ~= RUN then return end
-  self._state = CLOSE
-  end_bar()
-  -- Whatever is still to be sent goes now, before the stop messages.
-  for job in pairs(self._sources) do
-    for index in job._next_chunk do self:_dispatch(job, index, true) end
-  end
-  self._sources = {}
+-- Once nothing more will be sent but what waits for a worker: that goes
+-- now, before the stop messages.
+function Pool:_stop_workers()
+  self._stopping = true
   local pending = self._pending
   self._pending = no_pending()
   for i = pending.first, pending.last do
@@ -1188,8 +1436,24 @@ function Pool:close()
   for _, w in ipairs(self._workers) do self:_stop(w) end
 end
 
+-- No more tasks; the workers end once they have done theirs.
+--
+-- close() itself reads no lazy input, so it returns at once, also after a
+-- loop broke out of an imap over an endless iterator. The input of an
+-- unfinished map or imap goes on being read as the parent waits (a map's
+-- to its end, as Python's map reads it whole); the workers get their stop
+-- messages once none is left (Pool:_read_sources), or at join().
+function Pool:close()
+  check_pool(self, "close")
+  if self._state ~= RUN then return end
+  self._state = CLOSE
+  end_bar()
+  if next(self._sources) == nil then self:_stop_workers() end
+end
+
 -- Stops the workers now; unfinished tasks fail with ProcessError.
 function Pool:terminate()
+  check_pool(self, "terminate")
   if self._state == TERMINATE then return end
   self._state = TERMINATE
   end_bar()
@@ -1202,13 +1466,30 @@ function Pool:terminate()
     job._exhausted, job._done_chunks = true, job._chunks
     job:_finish()
   end
+  self._late = {}
   live_pools[self] = nil
 end
 
 -- Waits for the workers to end (after close or terminate), collecting
 -- results and running callbacks meanwhile.
+--
+-- An imap's input that is not read by now is never read: nobody may be
+-- iterating it any more, and it may be endless. Its iterator yields the
+-- results of what was read, then raises ValueError at the first position
+-- that was not.
 function Pool:join()
+  check_pool(self, "join")
   if self._state == RUN then core.error("ValueError", "join: close() or terminate() the pool first") end
+  for job in pairs(self._sources) do
+    if job._kind == "imap" then
+      self._sources[job] = nil
+      job:_fail(core.new_error("ValueError", "imap: the pool was joined before this input was read to its end"),
+        job._taken + 1)
+      job._exhausted = true
+      if job._done_chunks == job._chunks then job:_finish() end
+    end
+  end
+  if self._state == CLOSE and not self._stopping and next(self._sources) == nil then self:_stop_workers() end
   while #self._workers > 0 do
     self:_pump()
     for _, w in ipairs(self._workers) do
@@ -1229,6 +1510,7 @@ end
 -- with-statement equivalent: pool:with(function(pool) ... end) terminates
 -- the pool afterwards, as Python's `with Pool() as pool:` does.
 function Pool:with(fn, ...)
+  check_pool(self, "with")
   local r = pack(pcall(fn, self, ...))
   self:terminate()
   if not r[1] then error(r[2], 0) end
