@@ -6,10 +6,14 @@
 
 namespace luamp {
 
-void arg_type_error(lua_State* L, const char* func, int n, const char* what, const char* want) {
+void arg_type_error(lua_State* L, int idx, const char* func, int n, const char* what, const char* want) {
   std::string msg = std::string(func) + ": argument #" + std::to_string(n) + " (" + what +
-                    ") expected " + want + ", got " + luaL_typename(L, n);
+                    ") expected " + want + ", got " + luaL_typename(L, idx);
   raise_error(L, ErrType::TypeError, msg);
+}
+
+void arg_type_error(lua_State* L, const char* func, int n, const char* what, const char* want) {
+  arg_type_error(L, n, func, n, what, want);
 }
 
 double opt_timeout(lua_State* L, int idx, const char* func) {

@@ -43,7 +43,12 @@ int wrap(lua_State* L) {
   raise_error(L, type, message);
 }
 
-// TypeError "<func>: argument #<n> (<what>) expected <want>, got <type>".
+// TypeError "<func>: argument #<n> (<what>) expected <want>, got <type of
+// stack slot idx>". `n` is the position the caller wrote: for a method,
+// argument #1 is the first after self (stack slot 2).
+[[noreturn]] void arg_type_error(lua_State* L, int idx, const char* func, int n, const char* what,
+                                 const char* want);
+// The same for a plain function, whose argument n is stack slot n.
 [[noreturn]] void arg_type_error(lua_State* L, const char* func, int n, const char* what,
                                  const char* want);
 // Timeout argument: nil -> -1 (no limit); a negative number is a ValueError.

@@ -96,18 +96,24 @@ LConn* writable_self(lua_State* L, const char* method) {
   return c;
 }
 
-// A non-negative integer argument, `dflt` when absent.
+// Method arguments count from the first after self (stack slot 2), as
+// Lua's own messages count them.
+[[noreturn]] void method_arg_error(lua_State* L, int idx, const char* func, const char* what, const char* want) {
+  arg_type_error(L, idx, func, idx - 1, what, want);
+}
+
+// A non-negative integer argument of a method, `dflt` when absent.
 lua_Number opt_size(lua_State* L, int idx, const char* func, const char* what, lua_Number dflt) {
   if (lua_isnoneornil(L, idx)) return dflt;
-  if (lua_type(L, idx) != LUA_TNUMBER) arg_type_error(L, func, idx - 1, what, "an integer");
+  if (lua_type(L, idx) != LUA_TNUMBER) method_arg_error(L, idx, func, what, "an integer");
   lua_Number v = lua_tonumber(L, idx);
-  if (v != std::floor(v)) arg_type_error(L, func, idx - 1, what, "an integer");
+  if (v != std::floor(v)) method_arg_error(L, idx, func, what, "an integer");
   if (v < 0) fail(ErrType::ValueError, "%s: %s is negative", func, what);
   return v;
 }
 
 std::string_view check_string(lua_State* L, int idx, const char* func, int pos, const char* what) {
-  if (lua_type(L, idx) != LUA_TSTRING) arg_type_error(L, func, pos, what, "a string");
+  if (lua_type(L, idx) != LUA_TSTRING) arg_type_error(L, idx, func, pos, what, "a string");
   size_t n;
   const char* s = lua_tolstring(L, idx, &n);
   return {s, n};
@@ -192,7 +198,7 @@ int l_conn_poll(lua_State* L) {
   LConn* c = readable_self(L, "poll");
   double timeout = 0;
   if (!lua_isnoneornil(L, 2)) {
-    if (lua_type(L, 2) != LUA_TNUMBER) arg_type_error(L, "poll", 1, "timeout", "a number or nil");
+    if (lua_type(L, 2) != LUA_TNUMBER) method_arg_error(L, 2, "poll", "timeout", "a number or nil");
     timeout = lua_tonumber(L, 2);
     if (std::isnan(timeout)) fail(ErrType::ValueError, "poll: timeout is NaN");
     if (std::isinf(timeout)) timeout = -1;
@@ -231,8 +237,8 @@ int l_conn_state(lua_State* L) {
   return 7;
 }
 
-// Connection:_pending() -> bytes ready without asking the kernel (read
-// ahead from the socket, or waiting in a Pipe's ring)
+// Connection:_pending() -> bytes ready without asking the kernel (part of
+// a frame taken from the socket, or waiting in a Pipe's ring)
 int l_conn_pending(lua_State* L) {
   lua_pushinteger(L, static_cast<lua_Integer>(open_self(L, "_pending")->ch.ready_bytes()));
   return 1;

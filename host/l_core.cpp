@@ -18,9 +18,10 @@ namespace luamp {
 
 namespace {
 
-ErrType check_errtype(lua_State* L, int idx) {
+ErrType check_errtype(lua_State* L, int idx, const char* func) {
   ErrType t;
-  const char* name = luaL_checkstring(L, idx);
+  if (lua_type(L, idx) != LUA_TSTRING) arg_type_error(L, func, idx, "type", "a string");
+  const char* name = lua_tostring(L, idx);
   if (!errtype_from_name(name, &t))
     raise_error(L, ErrType::ValueError, std::string("unknown error type '") + name + "'");
   return t;
@@ -28,15 +29,21 @@ ErrType check_errtype(lua_State* L, int idx) {
 
 // core.new_error(type, message [, value [, traceback]]) -> error table
 int l_core_new_error(lua_State* L) {
-  ErrType t = check_errtype(L, 1);
-  size_t len;
-  const char* msg = luaL_optlstring(L, 2, "", &len);
+  int top = lua_gettop(L);  // push_error puts the table in the slot after the arguments
+  ErrType t = check_errtype(L, 1, "new_error");
+  size_t len = 0;
+  const char* msg = "";
+  if (!lua_isnoneornil(L, 2)) {
+    if (lua_type(L, 2) != LUA_TSTRING && lua_type(L, 2) != LUA_TNUMBER)
+      arg_type_error(L, "new_error", 2, "message", "a string");
+    msg = lua_tolstring(L, 2, &len);
+  }
   push_error(L, t, std::string_view(msg, len));
-  if (!lua_isnoneornil(L, 3)) {
+  if (top >= 3 && !lua_isnil(L, 3)) {
     lua_pushvalue(L, 3);
     lua_setfield(L, -2, "value");
   }
-  if (!lua_isnoneornil(L, 4)) {
+  if (top >= 4 && !lua_isnil(L, 4)) {
     lua_pushvalue(L, 4);
     lua_setfield(L, -2, "traceback");
   }
@@ -60,7 +67,7 @@ int l_core_is_error(lua_State* L) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  ErrType want = check_errtype(L, 2);
+  ErrType want = check_errtype(L, 2, "is_error");
   lua_getfield(L, 1, "type");
   ErrType have;
   bool known = lua_isstring(L, -1) && errtype_from_name(lua_tostring(L, -1), &have);
@@ -88,7 +95,8 @@ int l_core_monotonic(lua_State* L) {
 
 // core.sleep(seconds)
 int l_core_sleep(lua_State* L) {
-  double s = luaL_checknumber(L, 1);
+  if (lua_type(L, 1) != LUA_TNUMBER) arg_type_error(L, "sleep", 1, "seconds", "a number");
+  double s = lua_tonumber(L, 1);
   if (std::isnan(s) || s < 0) raise_error(L, ErrType::ValueError, "sleep: length must be non-negative");
   timespec ts;
   ts.tv_sec = static_cast<time_t>(s);
@@ -117,7 +125,7 @@ int l_core_cpu_count(lua_State* L) {
 
 // core.atexit(fn): fn runs in the exit procedure (last registered first)
 int l_core_atexit(lua_State* L) {
-  luaL_checktype(L, 1, LUA_TFUNCTION);
+  if (!lua_isfunction(L, 1)) arg_type_error(L, "atexit", 1, "fn", "a function");
   lua_getfield(L, LUA_REGISTRYINDEX, kExitHooksKey);
   if (!lua_istable(L, -1)) return 0;  // exiting already
   lua_pushvalue(L, 1);
@@ -127,7 +135,8 @@ int l_core_atexit(lua_State* L) {
 
 // core.exit(code): the exit procedure, then end the process
 int l_core_exit(lua_State* L) {
-  int code = static_cast<int>(luaL_optinteger(L, 1, 0));
+  if (!lua_isnoneornil(L, 1) && lua_type(L, 1) != LUA_TNUMBER) arg_type_error(L, "exit", 1, "code", "a number");
+  int code = static_cast<int>(lua_tointeger(L, 1));
   run_exit_hooks(L);
   exit_process(code);
 }
@@ -144,7 +153,8 @@ int l_core_gc_resume(lua_State* L) {
 
 // core.isatty(fd) -> whether fd is a terminal (the Pool's progress bar)
 int l_core_isatty(lua_State* L) {
-  lua_pushboolean(L, isatty(static_cast<int>(luaL_checkinteger(L, 1))));
+  if (lua_type(L, 1) != LUA_TNUMBER) arg_type_error(L, "isatty", 1, "fd", "a number");
+  lua_pushboolean(L, isatty(static_cast<int>(lua_tointeger(L, 1))));
   return 1;
 }
 

@@ -304,10 +304,11 @@ void Channel::send_frame(std::string_view payload) {
   send_all(fd_, iov, 2);
 }
 
-void Channel::fill() {
-  end_ += recv_some(fd_, in_.get() + end_, kInCapacity - end_, !ring_);
-}
-
+// Never a byte past the current frame: the socket may be shared with other
+// processes (a forked child, an end sent elsewhere), and whatever this
+// process took from it but has not returned yet would be lost to them, or
+// returned twice. So a frame costs two reads, its header and its payload,
+// as in Python. (A Pipe's small messages go through its ring instead.)
 void Channel::ensure(size_t bytes) {
   if (!in_) in_ = std::make_unique_for_overwrite<char[]>(kInCapacity);
   if (end_ - start_ >= bytes) return;
@@ -316,13 +317,14 @@ void Channel::ensure(size_t bytes) {
     end_ -= start_;
     start_ = 0;
   }
-  while (end_ - start_ < bytes) fill();
+  while (end_ - start_ < bytes) end_ += recv_some(fd_, in_.get() + end_, start_ + bytes - end_, !ring_);
 }
 
 bool Channel::frame_buffered(uint64_t maxlength) {
   if (!in_) in_ = std::make_unique_for_overwrite<char[]>(kInCapacity);
   for (;;) {
     size_t have = end_ - start_;
+    size_t want = kHeaderSize;
     if (have >= kHeaderSize) {
       uint64_t len;
       try {
@@ -331,20 +333,21 @@ bool Channel::frame_buffered(uint64_t maxlength) {
         return true;  // garbage: recv_frame says so
       }
       if (len > maxlength || have >= kHeaderSize + len || len > kInCapacity - kHeaderSize) return true;
+      want = kHeaderSize + len;
     }
     if (start_ > 0) {
       memmove(in_.get(), in_.get() + start_, have);
       start_ = 0;
       end_ = have;
     }
-    int r = read_now();
+    int r = read_now(want - have);
     if (r <= 0) return r < 0;  // EOF, errors: recv_frame says
   }
 }
 
-int Channel::read_now() {
+int Channel::read_now(size_t room) {
   for (;;) {
-    ssize_t n = recv(fd_, in_.get() + end_, kInCapacity - end_, MSG_DONTWAIT);
+    ssize_t n = recv(fd_, in_.get() + end_, room, MSG_DONTWAIT);
     if (n > 0) {
       end_ += static_cast<size_t>(n);
       return 1;
@@ -534,7 +537,7 @@ bool Channel::wait_ring() {
   }
 }
 
-// Drops doorbells at the front of the read-ahead bytes.
+// Drops doorbells at the front of the buffered bytes.
 void Channel::drop_doorbells() {
   while (end_ - start_ >= kHeaderSize && is_doorbell(in_.get() + start_)) start_ += kHeaderSize;
   if (start_ == end_) start_ = end_ = 0;
@@ -558,7 +561,7 @@ bool Channel::settle() {
   for (;;) {
     drop_doorbells();
     if (end_ > start_ || ring_ready()) return true;
-    int r = read_now();
+    int r = read_now(kHeaderSize);
     if (r <= 0) return r < 0;  // EOF, errors: recv reports them
   }
 }

@@ -15,9 +15,12 @@
 // Fork-safe: a Channel is plain memory, an fd and (a Pipe end) a shared
 //           mapping; a forked child inherits them (as Python's Connection
 //           is inherited), and may go on where the parent stopped, since
-//           ring positions live in the shared mapping. Two processes using
-//           the same end at the same time get garbled messages (as in
-//           Python) or an OSError, never memory outside the mapping. No
+//           ring positions live in the shared mapping. Processes that take
+//           turns reading one end get every message once (a receiver takes
+//           no byte past its message from the socket, and a ring record is
+//           consumed by one compare-and-swap); two reading the same end at
+//           the same time may get garbled socket frames (as in Python) or
+//           an OSError, never memory outside the mapping. No
 //           global state but the cached CPU count and the moment until
 //           which a receiver on one CPU does not yield (see connection.cpp).
 // Errors:   throws luamp::Error — EOFError (the peer closed, nothing left),
@@ -115,18 +118,19 @@ class Channel {
   bool settle();
   // The open Channel of this process whose socket is `fd`, or nullptr.
   static Channel* of_fd(int fd);
-  // Bytes ready without asking the kernel: read ahead, or in the ring.
+  // Bytes ready without asking the kernel: part of a frame, or in the ring.
   size_t ready_bytes() const;
 
-  // Bytes read from the socket but not yet returned (the receive side reads
-  // ahead). They travel with the fd when the connection is sent elsewhere.
+  // Bytes read from the socket but not yet returned: part of the current
+  // frame (never more: the receive side reads no byte past it, so a socket
+  // shared with other processes delivers every message once). They travel
+  // with the fd when the connection is sent elsewhere.
   std::string_view buffered() const;
   void set_buffered(std::string_view bytes);
 
  private:
-  void fill();                // reads more bytes into the buffer (blocks)
-  int read_now();             // reads what the socket holds, without blocking: 1 some, 0 none yet, -1 EOF/error
-  void ensure(size_t bytes);  // buffer holds at least `bytes` unread bytes
+  int read_now(size_t room);  // reads up to `room` bytes the socket holds, without blocking: 1 some, 0 none yet, -1 EOF/error
+  void ensure(size_t bytes);   // buffer holds at least `bytes` unread bytes (reads no more)
   std::string_view recv_large(uint64_t len);
   std::string_view recv_socket_frame(uint64_t maxlength);
 

@@ -131,29 +131,54 @@ uint64_t Ring::waiting_bytes() const {
   return t - h <= kCapacity ? t - h : 0;
 }
 
+// Processes may take turns on one end, or read it at once: the record is
+// copied, then consumed by a compare-and-swap of the head, so each record
+// goes to exactly one of them. A reader whose head moved under it (another
+// took the record, and the writer may since have reused its bytes) drops
+// its copy and starts again; only a head that did not move proves a record
+// bad.
 bool Ring::take(std::string& out, uint64_t maxlength) {
-  u64 h = in_->head.load(std::memory_order_relaxed);
-  u64 t = in_->tail.load(std::memory_order_acquire);
-  if (h == t) return false;
-  if (t - h > kCapacity || (h & 7) != 0) corrupt("positions");
-  u64 pos = h & (kCapacity - 1);
-  RecordHead r;
-  memcpy(&r, in_ring_ + pos, sizeof r);
-  if (r.type == kPad) {
-    if (kRecordHeader + r.len != kCapacity - pos) corrupt("bad padding");
-    h += kCapacity - pos;
-    pos = 0;
-    if (h == t) corrupt("padding at the tail");
-    memcpy(&r, in_ring_, sizeof r);
+  u64 h = in_->head.load(std::memory_order_acquire);
+  for (;;) {
+    u64 t = in_->tail.load(std::memory_order_acquire);
+    if (h == t) return false;
+    auto moved = [this, &h] {
+      u64 now = in_->head.load(std::memory_order_acquire);
+      if (now == h) return false;
+      h = now;
+      return true;
+    };
+    if (t - h > kCapacity || (h & 7) != 0) {
+      if (moved()) continue;
+      corrupt("positions");
+    }
+    u64 at = h;
+    u64 pos = at & (kCapacity - 1);
+    RecordHead r;
+    memcpy(&r, in_ring_ + pos, sizeof r);
+    if (r.type == kPad) {
+      if (kRecordHeader + r.len != kCapacity - pos || at + kCapacity - pos == t) {
+        if (moved()) continue;
+        corrupt(kRecordHeader + r.len != kCapacity - pos ? "bad padding" : "padding at the tail");
+      }
+      at += kCapacity - pos;
+      pos = 0;
+      memcpy(&r, in_ring_, sizeof r);
+    }
+    u64 size = align8(kRecordHeader + r.len);
+    if (r.type != kMessage || size > kCapacity - pos || at + size > t) {
+      if (moved()) continue;
+      corrupt("record past the tail");
+    }
+    if (r.len > maxlength) {
+      if (moved()) continue;
+      fail(ErrType::OSError, "bad message length: %u bytes, more than maxlength %llu", r.len,
+           static_cast<unsigned long long>(maxlength));
+    }
+    out.assign(in_ring_ + pos + kRecordHeader, r.len);
+    if (in_->head.compare_exchange_strong(h, at + size, std::memory_order_acq_rel, std::memory_order_acquire))
+      return true;
   }
-  u64 size = align8(kRecordHeader + r.len);
-  if (r.type != kMessage || size > kCapacity - pos || h + size > t) corrupt("record past the tail");
-  if (r.len > maxlength)
-    fail(ErrType::OSError, "bad message length: %u bytes, more than maxlength %llu", r.len,
-         static_cast<unsigned long long>(maxlength));
-  out.assign(in_ring_ + pos + kRecordHeader, r.len);
-  in_->head.store(h + size, std::memory_order_release);
-  return true;
 }
 
 bool Ring::wake_receiver() {

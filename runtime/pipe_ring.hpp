@@ -27,7 +27,7 @@
 // record never wraps: one that would cross the end of the ring follows a
 // pad record that fills the rest. Positions are byte counts since the ring
 // began (never wrapped); a record is committed by one release store of the
-// tail, consumed by one release store of the head, so a process killed in
+// tail, consumed by one compare-and-swap of the head, so a process killed in
 // the middle of either leaves the ring as if it had not started.
 #pragma once
 #include <atomic>

@@ -1403,9 +1403,16 @@ void Decoder::push_module(std::string_view n) {
          static_cast<int>(n.size()), n.data());
 }
 
+// A handle names shared memory or an fd that the receiver then uses as
+// it is told: only a trusted peer (an authenticated connection, a Pipe, this
+// run's own processes) may send one.
 void Decoder::handle(int depth) {
   if (!lua_checkstack(L_, 8)) corrupt("nested too deeply for the Lua stack");
   std::string_view type = name();
+  if (trust_ == Trust::data_only)
+    fail(ErrType::SerializationError,
+         "the message carries a luamp object (%.*s), but this connection carries data only",
+         static_cast<int>(type.size()), type.data());
   auto id = static_cast<int>(++nrefs_);  // taken now, filled once built
   lua_getfield(L_, LUA_REGISTRYINDEX, kHandlesKey);
   if (lua_istable(L_, -1)) {

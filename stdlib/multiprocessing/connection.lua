@@ -58,10 +58,17 @@ end
 local ITEM_SIZE = { b = 1, B = 1, c = 1, ["?"] = 1, h = 2, H = 2, i = 4, I = 4, f = 4,
                     l = 8, L = 8, q = 8, Q = 8, d = 8 }
 
+local function index(obj, k) return obj[k] end
+
 -- The writable bytes of an Array (any typecode) or a SharedMemory.
 local function buffer_span(buffer)
-  if type(buffer) == "cdata" and ITEM_SIZE[buffer.typecode] and buffer.ptr then
-    return buffer:ptr(), #buffer * ITEM_SIZE[buffer.typecode]
+  if type(buffer) == "cdata" then
+    -- Indexing a cdata that has no such field raises: ask safely.
+    local ok, typecode = pcall(index, buffer, "typecode")
+    local has_ptr, ptr = pcall(index, buffer, "ptr")
+    if ok and ITEM_SIZE[typecode] and has_ptr and type(ptr) == "function" then
+      return buffer:ptr(), #buffer * ITEM_SIZE[typecode]
+    end
   end
   if type(buffer) == "table" and type(buffer.size) == "number" and rawget(buffer, "_offset") then
     if buffer.buf == nil then raise("ValueError", "recv_bytes_into: the SharedMemory is closed") end
@@ -87,8 +94,8 @@ end
 
 -- A Connection travels as its fd (and a Pipe end also as the memfd of its
 -- rings): an index into the fds of a start payload, or (pid, fd, file
--- identity) for the receiver to copy with pidfd_getfd. Bytes already read
--- ahead from the socket travel too.
+-- identity) for the receiver to copy with pidfd_getfd. The bytes of a frame
+-- begun but not complete travel too.
 local function fd_ref(fds, fd)
   if fds then
     fds[#fds + 1] = fd
@@ -147,9 +154,19 @@ registry["luamp.handles"].Connection = rebuild
 -- The fd to watch for `o` (for a Pipe end, core.conn_wait also asks its
 -- rings in shared memory).
 local function watched_fd(o, i)
-  if type(o) == "number" then return o end
+  if type(o) == "number" then
+    if o ~= floor(o) then
+      raise("TypeError", ("wait: object #%d expected an integer file descriptor, got %s"):format(i, tostring(o)))
+    end
+    if o < 0 or o > 0x7fffffff then
+      raise("ValueError", ("wait: object #%d is not a file descriptor: %s"):format(i, tostring(o)))
+    end
+    return o
+  end
   if is_connection(o) then return o:fileno() end
   if type(o) == "table" and rawget(o, "_identity") then  -- a Process
+    -- A closed one's sentinel number may belong to another file by now.
+    if rawget(o, "_closed") then raise("ValueError", ("wait: object #%d is a closed process object"):format(i)) end
     local fd = o.sentinel
     if fd == nil then raise("ValueError", ("wait: object #%d is a process that was not started"):format(i)) end
     return fd
@@ -201,7 +218,14 @@ local function split_address(func, address, family)
   if type(address) ~= "table" or type(address[1]) ~= "string" or type(address[2]) ~= "number" then
     raise("TypeError", ("%s: an AF_INET address is {host, port}, got %s"):format(func, type(address)))
   end
-  return false, address[1], address[2]
+  local port = address[2]
+  if port ~= floor(port) then
+    raise("TypeError", ("%s: the port of an AF_INET address must be an integer, got %s"):format(func, tostring(port)))
+  end
+  if port < 0 or port > 65535 then
+    raise("ValueError", ("%s: port %s out of range (0 to 65535)"):format(func, tostring(port)))
+  end
+  return false, address[1], port
 end
 
 local function check_authkey(func, authkey)
@@ -244,7 +268,8 @@ function M.Listener(address, family, backlog, authkey)
     address, family, backlog, authkey = t.address, t.family, t.backlog, t.authkey
   end
   family = family_of("Listener", address, family)
-  if address == nil and family == "AF_UNIX" then address = fresh_socket_path() end
+  -- As Python: no address is a fresh one of the family.
+  if address == nil then address = family == "AF_UNIX" and fresh_socket_path() or { "localhost", 0 } end
   if backlog ~= nil and type(backlog) ~= "number" then
     raise("TypeError", "Listener: argument #3 (backlog) expected a number, got " .. type(backlog))
   end

@@ -64,8 +64,17 @@ function M.offset(ptr)
   return tonumber(ffi.cast("uint8_t*", ptr) - M.base())
 end
 
-function M.at(offset)
-  return M.base() + offset
+-- A pointer to the `size` bytes (default 1) at `offset`, which a handle
+-- gave: an offset outside what the arena has handed out is an error, never
+-- a pointer to memory that is not the arena's.
+function M.at(offset, size)
+  local base = M.base()
+  size = size or 1
+  if type(offset) ~= "number" or offset ~= math.floor(offset) or offset < 0
+     or offset + size > core.shm_used() then
+    core.error("SerializationError", "a handle names a place outside the shared arena: " .. tostring(offset))
+  end
+  return base + offset
 end
 
 local registry = debug.getregistry()

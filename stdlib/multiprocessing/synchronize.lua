@@ -12,10 +12,12 @@
 local ffi = require("ffi")
 local core = require("luamp.core")
 local shared = require("multiprocessing.shared")
+local util = require("multiprocessing.util")
 
 local C = shared.C
 local raise = core.error
-local type, error, pcall, select = type, error, pcall, select
+local istype = ffi.istype
+local type, error, pcall, getmetatable, rawget = type, error, pcall, getmetatable, rawget
 
 local M = {}
 
@@ -27,7 +29,26 @@ struct luamp_BoundedSemaphore { void* p; };
 struct luamp_Event { void* p; };
 ]]
 
+local LockT = ffi.typeof("struct luamp_Lock")
+local RLockT = ffi.typeof("struct luamp_RLock")
+local SemaphoreT = ffi.typeof("struct luamp_Semaphore")
+local BoundedSemaphoreT = ffi.typeof("struct luamp_BoundedSemaphore")
+local EventT = ffi.typeof("struct luamp_Event")
+
 -- -- Arguments --------------------------------------------------------------------
+
+-- Every method first checks that `self` is an object of its own kind: the
+-- C functions take the object's pointer on trust, and a method called with
+-- '.' (or on another object) would hand them anything. On cdata the check
+-- is ffi.istype, which compiled code reduces to a type guard it has anyway.
+local function not_self(method, kind, self)
+  raise("TypeError", ("%s: argument #1 (self) expected %s (call it with ':'), got %s"):format(method, kind, type(self)))
+end
+
+local function is_lock(v) return istype(LockT, v) end
+local function is_rlock(v) return istype(RLockT, v) end
+local function is_semaphore(v) return istype(SemaphoreT, v) or istype(BoundedSemaphoreT, v) end
+local function is_event(v) return istype(EventT, v) end
 
 -- timeout: nil -> -1 (no limit); otherwise a non-negative number.
 local function check_timeout(func, timeout)
@@ -46,6 +67,18 @@ local function check_block(func, block)
   return block == false and 0 or 1
 end
 
+local function callable(v)
+  if type(v) == "function" then return true end
+  local mt = getmetatable(v)
+  return type(mt) == "table" and rawget(mt, "__call") ~= nil
+end
+
+local function check_callable(func, what, v)
+  if not callable(v) then
+    raise("TypeError", ("%s: argument #1 (%s) expected a function, got %s"):format(func, what, type(v)))
+  end
+end
+
 -- -- with(fn, ...) ---------------------------------------------------------------------
 
 local function release_after(obj, ok, ...)
@@ -57,16 +90,29 @@ end
 -- Runs fn(...) holding `self`; releases it even when fn fails (and re-raises).
 -- Any object with acquire() and release() methods can use it.
 local function with(self, fn, ...)
+  check_callable("with", "fn", fn)
   self:acquire()
   return release_after(self, pcall(fn, ...))
 end
 M.with = with
 
+-- X:with(fn, ...) for objects that `is_self` recognises.
+local function wither(kind, what, is_self)
+  local func = kind .. ":with"
+  return function(self, fn, ...)
+    if not is_self(self) then not_self(func, what, self) end
+    check_callable(func, "fn", fn)
+    self:acquire()
+    return release_after(self, pcall(fn, ...))
+  end
+end
+
 -- X:acquire([block [, timeout]]) -> boolean, over the C function `acquire`;
 -- no arguments is the hot path: one FFI call.
-local function acquirer(name, acquire)
-  local func = name .. ":acquire"
+local function acquirer(kind, what, is_self, acquire)
+  local func = kind .. ":acquire"
   return function(self, block, timeout)
+    if not is_self(self) then not_self(func, what, self) end
     if block == nil and timeout == nil then return acquire(self.p, 1, -1) == 1 end
     return acquire(self.p, check_block(func, block), check_timeout(func, timeout)) == 1
   end
@@ -74,18 +120,21 @@ end
 
 -- -- Lock ------------------------------------------------------------------------------
 
-local Lock = { with = with, acquire = acquirer("Lock", C.luamp_lock_acquire) }
+local Lock = { with = wither("Lock", "a Lock", is_lock), acquire = acquirer("Lock", "a Lock", is_lock, C.luamp_lock_acquire) }
 
 -- Lock:release(): any process may release it, as in Python
 function Lock:release()
+  if not is_lock(self) then not_self("Lock:release", "a Lock", self) end
   if C.luamp_lock_release(self.p) ~= 1 then raise("ValueError", "Lock:release: the lock is not acquired") end
 end
 
 -- -- RLock ---------------------------------------------------------------------------------
 
-local RLock = { with = with, acquire = acquirer("RLock", C.luamp_rlock_acquire) }
+local RLock = { with = wither("RLock", "an RLock", is_rlock),
+                acquire = acquirer("RLock", "an RLock", is_rlock, C.luamp_rlock_acquire) }
 
 function RLock:release()
+  if not is_rlock(self) then not_self("RLock:release", "an RLock", self) end
   if C.luamp_rlock_release(self.p) ~= 1 then
     raise("AssertionError", "RLock:release: the lock is not held by this process")
   end
@@ -93,15 +142,18 @@ end
 
 -- -- Semaphores ------------------------------------------------------------------------------
 
-local Semaphore = { with = with, acquire = acquirer("Semaphore", C.luamp_sem_acquire) }
+local Semaphore = { with = wither("Semaphore", "a Semaphore", is_semaphore),
+                    acquire = acquirer("Semaphore", "a Semaphore", is_semaphore, C.luamp_sem_acquire) }
 
 function Semaphore:release()
+  if not is_semaphore(self) then not_self("Semaphore:release", "a Semaphore", self) end
   local r = C.luamp_sem_release(self.p)
   if r == shared.ENOTLOCKED then raise("ValueError", "BoundedSemaphore:release: released too many times") end
   if r ~= 1 then raise("ValueError", "Semaphore:release: the counter would overflow") end
 end
 
 function Semaphore:get_value()
+  if not is_semaphore(self) then not_self("Semaphore:get_value", "a Semaphore", self) end
   return C.luamp_sem_value(self.p)
 end
 
@@ -109,23 +161,35 @@ end
 
 local Event = {}
 
-function Event:set() C.luamp_event_set(self.p) end
-function Event:clear() C.luamp_event_clear(self.p) end
-function Event:is_set() return C.luamp_event_is_set(self.p) ~= 0 end
+function Event:set()
+  if not is_event(self) then not_self("Event:set", "an Event", self) end
+  C.luamp_event_set(self.p)
+end
+
+function Event:clear()
+  if not is_event(self) then not_self("Event:clear", "an Event", self) end
+  C.luamp_event_clear(self.p)
+end
+
+function Event:is_set()
+  if not is_event(self) then not_self("Event:is_set", "an Event", self) end
+  return C.luamp_event_is_set(self.p) ~= 0
+end
 
 -- Event:wait([timeout]) -> whether the event is set
 function Event:wait(timeout)
+  if not is_event(self) then not_self("Event:wait", "an Event", self) end
   return C.luamp_event_wait(self.p, check_timeout("Event:wait", timeout)) == 1
 end
 
 -- -- The cdata types -----------------------------------------------------------------------------
 
+-- LuaJIT calls a cdata's __eq also against a table or a string.
 local function same(a, b)
-  return ffi.istype(ffi.typeof(a), b) and a.p == b.p
+  return type(a) == "cdata" and type(b) == "cdata" and istype(ffi.typeof(a), b) and a.p == b.p
 end
 
-local function define(name, methods)
-  local ct = ffi.typeof("struct luamp_" .. name)
+local function define(name, ct, methods)
   ffi.metatype(ct, {
     __index = methods,
     __eq = same,
@@ -135,15 +199,14 @@ local function define(name, methods)
   })
   shared.register_cdata(name, ct,
     function(obj) return { offset = shared.offset(obj.p) } end,
-    function(payload) return ct(shared.at(payload.offset)) end)
-  return ct
+    function(payload) return ct(shared.at(payload.offset, shared.SYNC_SIZE)) end)
 end
 
-local LockT = define("Lock", Lock)
-local RLockT = define("RLock", RLock)
-local SemaphoreT = define("Semaphore", Semaphore)
-local BoundedSemaphoreT = define("BoundedSemaphore", Semaphore)
-local EventT = define("Event", Event)
+define("Lock", LockT, Lock)
+define("RLock", RLockT, RLock)
+define("Semaphore", SemaphoreT, Semaphore)
+define("BoundedSemaphore", BoundedSemaphoreT, Semaphore)
+define("Event", EventT, Event)
 
 local function new(ct, init, ...)
   local p = shared.alloc(shared.SYNC_SIZE)
@@ -174,33 +237,61 @@ function M.BoundedSemaphore(value)
   return new(BoundedSemaphoreT, C.luamp_sem_init, value, value)
 end
 
-function M.is_lock(v) return ffi.istype(LockT, v) end
-function M.is_rlock(v) return ffi.istype(RLockT, v) end
+M.is_lock = is_lock
+M.is_rlock = is_rlock
 
 -- -- Condition -------------------------------------------------------------------------------
 
 local Condition = {}
 Condition.__index = Condition
 
-function Condition:acquire(block, timeout) return self._lock:acquire(block, timeout) end
-function Condition:release() return self._lock:release() end
-Condition.with = with
+local function is_condition(v) return getmetatable(v) == Condition end
+
+local function check_condition(method, self)
+  if not is_condition(self) then not_self(method, "a Condition", self) end
+end
+
+-- This process's pid, for the owner checks of notify (getpid() is a system
+-- call); a forked child learns its own.
+local my_pid
+util.register_after_fork(function() my_pid = nil end)
+
+-- As in Python, notify and wait need the lock held: by this process (the
+-- lock's word records its holder's pid).
+local function check_owned(method, c)
+  local lock = c._lock
+  local owner = istype(RLockT, lock) and C.luamp_rlock_owner(lock.p) or C.luamp_lock_owner(lock.p)
+  my_pid = my_pid or core.getpid()
+  if owner ~= my_pid then raise("AssertionError", method .. ": cannot notify on an un-acquired lock") end
+end
+
+function Condition:acquire(block, timeout)
+  check_condition("Condition:acquire", self)
+  return self._lock:acquire(block, timeout)
+end
+
+function Condition:release()
+  check_condition("Condition:release", self)
+  return self._lock:release()
+end
+
+Condition.with = wither("Condition", "a Condition", is_condition)
 
 -- Condition:wait([timeout]) -> false if the timeout ran out
 function Condition:wait(timeout)
-  local kind = ffi.istype(RLockT, self._lock) and 1 or 0
+  check_condition("Condition:wait", self)
+  local kind = istype(RLockT, self._lock) and 1 or 0
   local r = C.luamp_cond_wait(self._cond, self._lock.p, kind, check_timeout("Condition:wait", timeout))
   if r == shared.EOVERFLOW then raise("RuntimeError", "Condition:wait: too many waiters (65535)") end
-  if r < 0 then raise("RuntimeError", "Condition:wait: cannot wait on an un-acquired lock") end
+  if r < 0 then raise("AssertionError", "Condition:wait: cannot wait on an un-acquired lock") end
   return r == 1
 end
 
--- Condition:wait_for(predicate [, timeout]) -> the predicate's last result.
--- Needs only self:wait, so manager Condition proxies use it too.
-function Condition:wait_for(predicate, timeout)
-  local pt = type(predicate)
-  if pt ~= "function" and not (pt == "table" and getmetatable(predicate) and getmetatable(predicate).__call) then
-    raise("TypeError", "Condition:wait_for: argument #1 (predicate) expected a function, got " .. pt)
+-- wait_for(cond, predicate [, timeout]) -> the predicate's last result.
+-- Needs only cond:wait, so manager Condition proxies use it too.
+local function wait_for(self, predicate, timeout)
+  if not callable(predicate) then
+    raise("TypeError", "Condition:wait_for: argument #1 (predicate) expected a function, got " .. type(predicate))
   end
   local deadline = timeout and core.monotonic() + check_timeout("Condition:wait_for", timeout)
   local result = predicate()
@@ -216,24 +307,52 @@ function Condition:wait_for(predicate, timeout)
   return result
 end
 
-function Condition:notify(n)
-  n = n == nil and 1 or n
-  if type(n) ~= "number" then raise("TypeError", "Condition:notify: n must be a number") end
-  if n > 0 then C.luamp_cond_notify(self._cond, n) end
+function Condition:wait_for(predicate, timeout)
+  check_condition("Condition:wait_for", self)
+  return wait_for(self, predicate, timeout)
 end
 
-function Condition:notify_all() C.luamp_cond_notify_all(self._cond) end
+-- Condition:notify([n]): wakes up to n waiters (default 1)
+function Condition:notify(n)
+  check_condition("Condition:notify", self)
+  n = n == nil and 1 or n
+  if type(n) ~= "number" then
+    raise("TypeError", "Condition:notify: argument #1 (n) expected a number, got " .. type(n))
+  end
+  check_owned("Condition:notify", self)
+  -- The C count is an int; no more than 65535 processes wait anyway.
+  if n > 0 then C.luamp_cond_notify(self._cond, n < 0x7fffffff and n or 0x7fffffff) end
+end
+
+function Condition:notify_all()
+  check_condition("Condition:notify_all", self)
+  check_owned("Condition:notify_all", self)
+  C.luamp_cond_notify_all(self._cond)
+end
+
+local function check_lock(func, lock)
+  if not (istype(LockT, lock) or istype(RLockT, lock)) then
+    raise("TypeError", func .. ": argument #1 (lock) expected a Lock or RLock, got " .. type(lock))
+  end
+end
 
 Condition.__mp_reduce = shared.register_table("Condition",
   function(c) return { offset = shared.offset(c._cond), lock = c._lock } end,
-  function(payload) return setmetatable({ _cond = shared.at(payload.offset), _lock = payload.lock }, Condition) end)
+  function(payload)
+    check_lock("Condition", payload.lock)
+    return setmetatable({ _cond = shared.at(payload.offset, shared.SYNC_SIZE), _lock = payload.lock }, Condition)
+  end)
 
--- mp.Condition([lock]): lock is a Lock or RLock; a new RLock by default
+local function named(t)
+  return type(t) == "table" and rawget(t, 1) == nil and getmetatable(t) == nil
+end
+
+-- mp.Condition([lock]) or mp.Condition{lock = ...}: lock is a Lock or RLock;
+-- a new RLock by default
 function M.Condition(lock)
+  if named(lock) then lock = lock.lock end
   if lock == nil then lock = M.RLock() end
-  if not (ffi.istype(LockT, lock) or ffi.istype(RLockT, lock)) then
-    raise("TypeError", "Condition: argument #1 (lock) expected a Lock or RLock, got " .. type(lock))
-  end
+  check_lock("Condition", lock)
   local cond = shared.alloc(shared.SYNC_SIZE)
   C.luamp_cond_init(cond)
   return setmetatable({ _cond = cond, _lock = lock }, Condition)
@@ -255,6 +374,10 @@ local BarrierMT = {
   end,
 }
 
+local function check_barrier(method, self)
+  if getmetatable(self) ~= BarrierMT then not_self(method, "a Barrier", self) end
+end
+
 local function run_action(b, index)
   local ok, err = pcall(b._action)
   C.luamp_barrier_finish(b._b, ok and 1 or 0)
@@ -264,6 +387,7 @@ end
 
 -- Barrier:wait([timeout]) -> arrival index 0..parties-1
 function Barrier:wait(timeout)
+  check_barrier("Barrier:wait", self)
   if timeout == nil then timeout = self._timeout end
   local index = ffi.new("int[1]")
   local r = C.luamp_barrier_wait(self._b, check_timeout("Barrier:wait", timeout), index)
@@ -276,17 +400,29 @@ function Barrier:wait(timeout)
   return index[0]
 end
 
-function Barrier:reset() C.luamp_barrier_reset(self._b) end
-function Barrier:abort() C.luamp_barrier_abort(self._b) end
+function Barrier:reset()
+  check_barrier("Barrier:reset", self)
+  C.luamp_barrier_reset(self._b)
+end
+
+function Barrier:abort()
+  check_barrier("Barrier:abort", self)
+  C.luamp_barrier_abort(self._b)
+end
 
 BarrierMT.__mp_reduce = shared.register_table("Barrier",
   function(b) return { offset = shared.offset(b._b), action = b._action, timeout = b._timeout } end,
   function(payload)
-    return setmetatable({ _b = shared.at(payload.offset), _action = payload.action, _timeout = payload.timeout }, BarrierMT)
+    return setmetatable({ _b = shared.at(payload.offset, shared.SYNC_SIZE), _action = payload.action,
+                          _timeout = payload.timeout }, BarrierMT)
   end)
 
--- mp.Barrier(parties [, action [, timeout]])
+-- mp.Barrier(parties [, action [, timeout]]) or mp.Barrier{parties = ..., action = ..., timeout = ...}
 function M.Barrier(parties, action, timeout)
+  if named(parties) then
+    local t = parties
+    parties, action, timeout = t.parties, t.action, t.timeout
+  end
   if type(parties) ~= "number" or parties ~= math.floor(parties) then
     raise("TypeError", "Barrier: argument #1 (parties) expected an integer, got " .. type(parties))
   end
@@ -300,6 +436,6 @@ function M.Barrier(parties, action, timeout)
   return setmetatable({ _b = b, _action = action, _timeout = timeout }, BarrierMT)
 end
 
-M.wait_for = Condition.wait_for
+M.wait_for = wait_for
 
 return M

@@ -273,13 +273,13 @@ do -- a Connection inside a message (pidfd_getfd from the sender)
   local bytes = mp.dumps(v)
   v:close()
   T.checkerr("OSError", "closed", mp.loads, bytes)
-  -- bytes read ahead travel with it
+  -- a copy reads on where the original stopped
   local s1, s2 = mp.Pipe()
   s1:send("first")
   s1:send("second")
-  T.eq(s2:recv(), "first", "first read, second read ahead")
+  T.eq(s2:recv(), "first", "first read")
   local copy = mp.loads(mp.dumps(s2))
-  T.eq(copy:recv(), "second", "the read-ahead message went with the copy")
+  T.eq(copy:recv(), "second", "the copy reads the next message")
   for _, c in ipairs({ x, ca, u, s1, s2, copy }) do c:close() end
 end
 
@@ -315,10 +315,10 @@ do
   T.eq(wait({ b, d:fileno() }, 1)[1], d:fileno(), "an integer fd")
   a:send(1)
   a:send(2)
-  T.eq(b:recv(), 1, "one read, one left in the read-ahead buffer")
+  T.eq(b:recv(), 1, "one read, one left")
   ready = wait({ b }, 0)
-  T.eq(ready[1], b, "a Connection with read-ahead bytes is ready")
-  T.eq(b:recv(), 2, "the buffered message")
+  T.eq(ready[1], b, "a Connection with a message left is ready")
+  T.eq(b:recv(), 2, "the message left")
   local p = start(function() mp.sleep(0.2) end)
   waited, ready = elapsed(wait, { p, b }, 10)
   T.eq(ready[1], p, "a Process is ready once it ended")
@@ -326,7 +326,103 @@ do
   joined(p, "sleeper")
   T.checkerr("ValueError", "not started", wait, { mp.Process{target = print} })
   T.checkerr("TypeError", "object #1", wait, { "x" })
+  T.checkerr("TypeError", "object #1", wait, { 1.5 }, 0)
+  T.checkerr("ValueError", "object #2", wait, { b, -1 }, 0)
+  local closed = start(function() end)
+  joined(closed, "a child to close")
+  closed:close()
+  T.checkerr("ValueError", "closed process", wait, { closed }, 0)
   for _, x in ipairs({ a, b, c, d }) do x:close() end
+end
+
+-- -- One end, several readers ---------------------------------------------------------------
+-- A receiver takes no byte past its message from the shared socket, so
+-- processes that take turns on one end (or hand it on) get every message
+-- once, whatever their sizes (small ones travel in the ring, large ones on
+-- the socket).
+
+do -- a child reads two messages, then the parent the third
+  local r, w = mp.Pipe(false)
+  w:send(string.rep("x", 100000)); w:send("s1"); w:send("s2")
+  local p = start(function(c)
+    local big, s1 = c:recv(), c:recv()
+    os.exit(#big == 100000 and s1 == "s1" and 0 or 3)
+  end, r)
+  joined(p, "the first reader")
+  T.eq(r:poll(5), true, "a message is left for the parent")
+  T.eq(r:recv(), "s2", "the parent reads the message after the child's")
+  r:close(); w:close()
+end
+
+do -- the parent reads one, hands the end to a child that reads the next, then reads the last
+  local r, w = mp.Pipe(false)
+  w:send(string.rep("x", 100000)); w:send("s1"); w:send("s2")
+  T.eq(#r:recv(), 100000, "the parent's message")
+  local p = start(function(c) os.exit(c:recv() == "s1" and 0 or 3) end, r)
+  joined(p, "the child that got the end")
+  T.eq(r:recv(), "s2", "the parent's next message is not the child's again")
+  r:close(); w:close()
+end
+
+for _, size in ipairs({ 10, 6000, 100000 }) do -- four readers taking turns under a Lock
+  local r, w = mp.Pipe(false)
+  local lock, total, count = mp.Lock(), mp.Value("d", 0), mp.Value("i", 0)
+  local ps = {}
+  for i = 1, 4 do
+    ps[i] = start(function(c, l, tot, cnt)
+      while true do
+        local m = l:with(function() return c:recv() end)
+        if m == "stop" then break end
+        tot:with(function() tot.value = tot.value + m.i; cnt.value = cnt.value + 1 end)
+      end
+    end, r, lock, total, count)
+  end
+  local pad, want = string.rep("p", size), 0
+  for i = 1, 200 do w:send({ i = i, pad = pad }); want = want + i end
+  for _ = 1, 4 do w:send("stop") end
+  T.join_all(ps)
+  T.eq(count.value, 200, ("every %d-byte message delivered"):format(size))
+  T.eq(total.value, want, ("each %d-byte message once"):format(size))
+  r:close(); w:close()
+end
+
+do -- readers at the same time on one end's ring: each record goes to one of them
+  local r, w = mp.Pipe(false)
+  local total, count = mp.Value("d", 0), mp.Value("i", 0)
+  local want = 0
+  for i = 1, 300 do w:send(i); want = want + i end  -- all in the ring (16 KiB)
+  for _ = 1, 3 do w:send(0) end
+  local ps = {}
+  for i = 1, 3 do
+    ps[i] = start(function(c, tot, cnt)
+      local sum, n = 0, 0
+      while true do
+        local m = c:recv()
+        if m == 0 then break end
+        sum, n = sum + m, n + 1
+      end
+      tot:with(function() tot.value = tot.value + sum; cnt.value = cnt.value + n end)
+    end, r, total, count)
+  end
+  T.join_all(ps)
+  T.eq(count.value, 300, "every record read once by concurrent readers")
+  T.eq(total.value, want, "no record read twice")
+  r:close(); w:close()
+end
+
+-- -- Argument errors -----------------------------------------------------------------------------
+
+do
+  local a, b = mp.Pipe()
+  -- argument #1 is the first after self, and the type named is the argument's
+  T.checkerr("TypeError", "send_bytes: argument #1 (s) expected a string, got table", a.send_bytes, a, {})
+  T.checkerr("TypeError", "argument #2 (offset) expected an integer, got string", a.send_bytes, a, "abc", "x")
+  T.checkerr("TypeError", "recv_bytes: argument #1 (maxlength) expected an integer, got string",
+             b.recv_bytes, b, "x")
+  T.checkerr("TypeError", "poll: argument #1 (timeout) expected a number or nil, got boolean", b.poll, b, true)
+  T.checkerr("TypeError", "argument #1 (buffer)", b.recv_bytes_into, b, ffi.new("uint8_t[8]"))
+  T.checkerr("TypeError", "argument #1 (buffer)", b.recv_bytes_into, b, mp.Value("i", 0))
+  a:close(); b:close()
 end
 
 T.done()

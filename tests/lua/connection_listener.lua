@@ -185,4 +185,41 @@ do -- no authkey: data only; a function is refused and nothing runs
   l:close()
 end
 
+do -- AF_INET and no address: localhost and a free port, as in Python
+  for _, l in ipairs({ Listener(nil, "AF_INET"), Listener{ family = "AF_INET" } }) do
+    T.eq(l.family, "AF_INET", "the family given")
+    T.eq(l.address[1], "127.0.0.1", "localhost")
+    T.check(type(l.address[2]) == "number" and l.address[2] > 0, "a free port")
+    local p = start(function(address) Client(address):send("hi") end, l.address)
+    local c = l:accept()
+    T.eq(c:recv(), "hi", "a client reaches it")
+    joined(p, "client of a Listener without address")
+    c:close()
+    l:close()
+  end
+  T.checkerr("TypeError", "integer", Listener, { "127.0.0.1", 1.5 })
+  T.checkerr("ValueError", "out of range", Listener, { "127.0.0.1", 70000 })
+  T.checkerr("ValueError", "out of range", Client, { "127.0.0.1", -1 })
+end
+
+do -- no authkey: luamp objects are refused too (a handle names shared memory), forged or not
+  local l = Listener({ "127.0.0.1", 0 })
+  local p = start(function(address, arena)
+    local c = Client(address)
+    c:send(mp.Lock())
+    c:send({ nested = { mp.Event() } })
+    c:send(setmetatable({}, { __mp_reduce = function() return "Lock", { arena = arena, offset = 2 ^ 44 } end }))
+    c:send("after")
+    c:recv()
+    c:close()
+  end, l.address, require("luamp.core").shm_id())
+  local c = l:accept()
+  for _ = 1, 3 do T.checkerr("SerializationError", "data only", c.recv, c) end
+  T.eq(c:recv(), "after", "data still arrives after refused handles")
+  c:send("bye")
+  joined(p, "client sending handles")
+  c:close()
+  l:close()
+end
+
 T.done()

@@ -85,4 +85,26 @@ if ok and type(mp) == "table" and mp.dumps and mp.loads and mp.register_class th
   suite(mp.dumps, mp.loads, mp.register_class)
 end
 
+-- Error tables carry value and traceback only when they were given, and
+-- travel as data.
+do
+  local e = core.new_error("ValueError", "m")
+  T.eq(rawget(e, "value"), nil, "no value unless given")
+  T.eq(rawget(e, "traceback"), nil, "no traceback unless given")
+  local e2 = core.new_error("ValueError", "m", 42)
+  T.eq(rawget(e2, "value"), 42, "the value given")
+  T.eq(rawget(e2, "traceback"), nil, "still no traceback")
+  local e3 = core.new_error("RemoteError", "m", { 1 }, "tb")
+  T.eq(e3.value[1] + #e3.traceback, 3, "value and traceback given")
+  local ok, raised = pcall(core.error, "OSError", "boom")
+  T.check(not ok and raised.type == "OSError" and rawget(raised, "value") == nil, "raised errors too")
+  local back = core.loads(core.dumps(e))
+  T.eq(back.type .. back.message, "ValueErrorm", "an error travels")
+  T.eq(rawget(back, "value"), nil, "without a value it never had")
+  T.checkerr("TypeError", "new_error: argument #1 (type)", core.new_error, 1, "m")
+  T.checkerr("TypeError", "sleep: argument #1 (seconds) expected a number, got string", core.sleep, "x")
+  T.checkerr("TypeError", "sleep: argument #1 (seconds) expected a number, got no value", core.sleep)
+  T.checkerr("ValueError", "sleep", core.sleep, -1)
+end
+
 T.done()

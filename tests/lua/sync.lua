@@ -162,7 +162,7 @@ do
   cond:acquire()
   T.eq(cond:wait(0.05), false, "wait times out holding the lock again")
   cond:release()
-  T.checkerr("RuntimeError", "un-acquired", cond.wait, cond, 0.01)
+  T.checkerr("AssertionError", "un-acquired", cond.wait, cond, 0.01)
   T.checkerr("TypeError", "lock", mp.Condition, "not a lock")
 end
 
@@ -244,6 +244,96 @@ do -- a Condition waiter that was killed does not absorb a notify
   live:join(10)
   T.eq(live.exitcode, 0, "the live waiter was woken by notify(1)")
   T.check(mp.monotonic() - t0 < 5, "promptly")
+end
+
+-- -- Misuse ------------------------------------------------------------------------------------
+
+do -- a method called with '.' or on another kind of object is a TypeError, never a C call on it
+  local lock, event = mp.Lock(), mp.Event()
+  local objects = {
+    { mp.Lock(), { "acquire", "release", "with" } },
+    { mp.RLock(), { "acquire", "release", "with" } },
+    { mp.Semaphore(1), { "acquire", "release", "with", "get_value" } },
+    { mp.BoundedSemaphore(1), { "acquire", "release", "with", "get_value" } },
+    { mp.Event(), { "set", "clear", "is_set", "wait" } },
+    { mp.Condition(), { "acquire", "release", "with", "wait", "wait_for", "notify", "notify_all" } },
+    { mp.Barrier(2), { "wait", "reset", "abort" } },
+  }
+  for _, o in ipairs(objects) do
+    local obj, names = o[1], o[2]
+    local other = obj == objects[5][1] and lock or event
+    for _, m in ipairs(names) do
+      for _, bad in ipairs({ {}, 0, "x", other }) do
+        T.checkerr("TypeError", "call it with ':'", obj[m], bad)
+      end
+      T.checkerr("TypeError", "call it with ':'", obj[m])
+    end
+  end
+  T.check(lock:acquire(false), "the Lock that served as a wrong self is untouched")
+  lock:release()
+  T.eq(event:is_set(), false, "the Event that served as a wrong self is untouched")
+  T.checkerr("TypeError", "argument #1 (fn)", lock.with, lock, nil)
+  T.checkerr("TypeError", "argument #1 (fn)", mp.Condition().with, mp.Condition(), 42)
+  T.check(lock:acquire(false), "with(nil) did not take the lock")
+  lock:release()
+end
+
+do -- notify and wait need the lock held by this process (Python: AssertionError)
+  local c = mp.Condition(mp.Lock())
+  T.checkerr("AssertionError", "un-acquired", c.notify, c)
+  T.checkerr("AssertionError", "un-acquired", c.notify_all, c)
+  T.checkerr("AssertionError", "un-acquired", c.wait, c, 0.01)
+  local holding, done = mp.Event(), mp.Event()
+  local p = start(function(cd, h, d) cd:acquire(); h:set(); d:wait(10); cd:release() end, c, holding, done)
+  T.check(holding:wait(10), "the child holds the lock")
+  T.checkerr("AssertionError", "un-acquired", c.notify, c)
+  T.checkerr("AssertionError", "un-acquired", c.notify_all, c)
+  done:set()
+  p:join(10)
+  c:with(function() c:notify(); c:notify_all() end)
+  local r = mp.Condition()
+  r:with(function() r:with(function() r:notify(2) end) end)
+  T.checkerr("AssertionError", "un-acquired", r.notify, r)
+end
+
+do -- notify(n) past the C int range wakes everyone, not nobody
+  for _, n in ipairs({ math.huge, 2 ^ 31, 2 ^ 32 + 1 }) do
+    local cond, ready, woke = mp.Condition(), mp.Semaphore(0), mp.Value("i", 0)
+    local ps = {}
+    for i = 1, 2 do
+      ps[i] = start(function(cd, r, w)
+        cd:with(function()
+          r:release()
+          if cd:wait(10) then w:with(function() w.value = w.value + 1 end) end
+        end)
+      end, cond, ready, woke)
+    end
+    for _ = 1, 2 do T.check(ready:acquire(true, 10), "a waiter waits") end
+    cond:with(function() cond:notify(n) end)
+    join_all(ps)
+    T.eq(woke.value, 2, ("notify(%s) woke both waiters"):format(tostring(n)))
+  end
+end
+
+do -- Barrier{...}: named parameters
+  local b = mp.Barrier{ parties = 1, timeout = 5 }
+  T.eq(b.parties, 1, "Barrier{parties = 1}")
+  T.eq(b:wait(), 0, "a one-party barrier passes at once")
+  local t = mp.Barrier{ parties = 2, timeout = 0.05 }
+  local t0 = mp.monotonic()
+  T.checkerr("BrokenBarrierError", nil, t.wait, t)
+  T.check(mp.monotonic() - t0 < 1, "the named timeout applies")
+  T.checkerr("TypeError", "parties", mp.Barrier, { timeout = 1 })
+end
+
+do -- a handle names a place in the arena: anything else is refused, not followed
+  local core = require("luamp.core")
+  for _, offset in ipairs({ 2 ^ 44, -64, 1.5 }) do
+    local forged = mp.dumps(setmetatable({}, { __mp_reduce = function()
+      return "Lock", { arena = core.shm_id(), offset = offset }
+    end }))
+    T.checkerr("SerializationError", "outside the shared arena", mp.loads, forged)
+  end
 end
 
 T.done()

@@ -99,7 +99,7 @@ TEST_CASE("poll honours its timeout and sees buffered frames") {
   p.a.send_frame("two");
   CHECK(p.b.poll(0));
   CHECK(p.b.recv_frame() == "one");
-  CHECK(p.b.buffered().size() == conn::kHeaderSize + 3);
+  CHECK(p.b.buffered().empty());  // nothing past "one" is taken from the socket
   CHECK(p.b.poll(0));
   std::string rest(p.b.buffered());
   conn::Channel copy(dup(p.b.fd()));

@@ -306,6 +306,17 @@ TEST_CASE("handles: __mp_reduce and the receiver's constructors") {
   CHECK(contains(decode_error(q.b, dumps(q.a, "return setmetatable({}, Lock)")), "no handle type 'Lock'"));
 }
 
+TEST_CASE("data-only decoding refuses handles before their constructor runs") {
+  Pair p;
+  run(p.a, "Lock = {__mp_reduce = function(self) return 'Lock', {offset = 2^44} end}");
+  run(p.b, "built = 0 debug.getregistry()['luamp.handles'] = {Lock = function() built = built + 1 return {} end}");
+  CHECK(contains(decode_error(p.b, dumps(p.a, "return {x = {setmetatable({}, Lock)}}"), Trust::data_only),
+                 "carries data only"));
+  CHECK(truth(p.b, "return built == 0"));
+  send(p, "return setmetatable({}, Lock)");
+  CHECK(truth(p.b, "return built == 1"));
+}
+
 // -- Encode errors ----------------------------------------------------------
 
 TEST_CASE("unsendable values: path, kind and the fork hint") {
