@@ -992,8 +992,14 @@ void Encoder::cdata(int c) {
   lua_pop(L_, 2);
 }
 
+// The hint only where "fork" is an alternative: the parts of a Process
+// (bootstrap.lua names them), not a queue item, a message or a result.
+bool reaches_a_fork_child(std::string_view role) {
+  return role == "target" || role == "args" || role == "process";
+}
+
 void Encoder::unsendable(const char* what, bool inheritable) {
-  fail_here("cannot send %s%s", what, inheritable ? kForkHint : "");
+  fail_here("cannot send %s%s", what, inheritable && reaches_a_fork_child(role_) ? kForkHint : "");
 }
 
 void Encoder::fail_here(const char* fmt, ...) {

@@ -278,16 +278,6 @@ local function put_reply(results, value)
   if rc ~= 1 then queue_failed() end
 end
 
--- The serializer's note that "fork" would pass the value on: a result is
--- made in the worker, so no start method would.
-local FORK_HINT = ' (a child started with the "fork" start method inherits it instead)'
-
-local function without_fork_hint(err)
-  local at = core.is_error(err) and err.message:find(FORK_HINT, 1, true)
-  if not at then return err end
-  return core.new_error(err.type, err.message:sub(1, at - 1) .. err.message:sub(at + #FORK_HINT))
-end
-
 -- Results that cannot be sent: the position in the chunk of the first
 -- one that cannot (its path names its position in the input, as
 -- `result[13].y`), and its error.
@@ -295,10 +285,10 @@ local function unsendable_result(value)
   if task_kind ~= CALL then
     for i = 1, value.n do
       local ok, err = pcall(dumps, value[i], ("result[%d]"):format(task_first + i - 1))
-      if not ok then return i, without_fork_hint(err) end
+      if not ok then return i, err end
     end
   end
-  return 1, without_fork_hint(select(2, pcall(dumps, value, "result")))
+  return 1, select(2, pcall(dumps, value, "result"))
 end
 
 -- Sends a reply; results that cannot be sent become a SerializationError
