@@ -3,7 +3,9 @@
 //
 // Uses: runtime/process, runtime/forkserver.  Fork-safe: a Popen copied into
 // a forked child refers to no child of its own there (the registry was
-// dropped), so its methods raise instead of touching a sibling.
+// dropped), so its methods raise instead of touching a sibling. A Popen
+// names its child by pid and generation, so a later child that reuses the
+// pid is never mistaken for it.
 #include <poll.h>
 #include <signal.h>
 #include "../runtime/pidfd.hpp"
@@ -11,6 +13,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -27,19 +31,21 @@ const char* const kPopenMeta = "luamp.Popen";
 
 struct Popen {
   pid_t pid;
+  uint64_t gen;
 };
 
 // [-0, +1]
 void push_popen(lua_State* L, pid_t pid) {
   auto* p = static_cast<Popen*>(lua_newuserdata(L, sizeof(Popen)));
   p->pid = pid;
+  p->gen = proc::find_child(pid)->gen;
   luaL_getmetatable(L, kPopenMeta);
   lua_setmetatable(L, -2);
 }
 
 proc::Child& check_child(lua_State* L) {
   auto* p = static_cast<Popen*>(luaL_checkudata(L, 1, kPopenMeta));
-  proc::Child* c = proc::find_child(p->pid);
+  proc::Child* c = proc::find_child(p->pid, p->gen);
   if (!c) raise_error(L, ErrType::ProcessError, "can only use a child process of the current process");
   return *c;
 }
@@ -86,7 +92,7 @@ int l_popen_sentinel(lua_State* L) {
 // running one stays registered until the exit procedure joins it)
 int l_popen_close(lua_State* L) {
   auto* p = static_cast<Popen*>(luaL_checkudata(L, 1, kPopenMeta));
-  proc::release_child(p->pid);
+  proc::release_child(p->pid, p->gen);
   return 0;
 }
 
@@ -175,7 +181,8 @@ int l_core_fork(lua_State* L) {
 
 // core.waitpid(pid) -> exitcode
 int l_core_waitpid(lua_State* L) {
-  lua_pushinteger(L, proc::waitpid_exitcode(static_cast<pid_t>(luaL_checkinteger(L, 1))));
+  if (lua_type(L, 1) != LUA_TNUMBER) arg_type_error(L, "waitpid", 1, "pid", "number");
+  lua_pushinteger(L, proc::waitpid_exitcode(static_cast<pid_t>(lua_tointeger(L, 1))));
   return 1;
 }
 
@@ -205,6 +212,26 @@ int l_core_wait_readable(lua_State* L) {
   return 1;
 }
 
+// core.getcwd() -> path, or nil when it cannot be had (removed, too long)
+int l_core_getcwd(lua_State* L) {
+  char buf[PATH_MAX];
+  if (getcwd(buf, sizeof buf)) lua_pushstring(L, buf);
+  else lua_pushnil(L);
+  return 1;
+}
+
+// core.chdir(path) -> true, or nil and the error message
+int l_core_chdir(lua_State* L) {
+  const char* path = luaL_checkstring(L, 1);
+  if (chdir(path) == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_pushnil(L);
+  lua_pushstring(L, strerror(errno));
+  return 2;
+}
+
 // core.urandom(n) -> n random bytes
 int l_core_urandom(lua_State* L) {
   size_t n = static_cast<size_t>(luaL_checkinteger(L, 1));
@@ -232,6 +259,8 @@ const luaL_Reg kFuncs[] = {
     {"pidfd_open", l_core_pidfd_open},
     {"wait_readable", wrap<l_core_wait_readable>},
     {"urandom", wrap<l_core_urandom>},
+    {"getcwd", l_core_getcwd},
+    {"chdir", wrap<l_core_chdir>},
     {nullptr, nullptr},
 };
 

@@ -350,9 +350,15 @@ void flush_outbox(Server& s) {
   }
 }
 
+// The client has gone (its exit procedure has joined every child it had).
+// A child it joined may still be tearing down, since a join returns at the
+// child's report: the server waits for every child before it exits, so
+// that none outlives the client (whose stop() waits for the server) and
+// ends up with some other reaper.
 [[noreturn]] void shutdown(Server& s) {
   for (pid_t pid : s.idle) kill(pid, SIGKILL);
-  for (pid_t pid : s.idle) waitpid(pid, nullptr, 0);
+  while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
+  }
   _exit(0);
 }
 

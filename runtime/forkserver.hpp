@@ -68,7 +68,8 @@ struct Work {
 std::string read_config(int ctrl);
 // Runs the server loop on `ctrl`. Returns only in an idle child that was
 // handed `work`. The server itself exits when the client closes the control
-// socket. Each new idle child calls `warm_up` before it waits: work it can
+// socket, once every child of its own has ended (none outlives the client).
+// Each new idle child calls `warm_up` before it waits: work it can
 // do in advance is off the critical path.
 void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work);
 

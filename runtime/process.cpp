@@ -27,6 +27,7 @@
 #include "forkserver.hpp"
 #include "futex.hpp"
 #include "shm.hpp"
+#include "sync.h"
 
 extern char** environ;
 
@@ -39,6 +40,10 @@ namespace {
 // page the parent writes is copied once more.
 struct Registry {
   std::unordered_map<pid_t, Child> children;
+  // Ended children whose pid a later child took before they were released,
+  // by generation. Empty unless pids wrap around while Process objects of
+  // ended children are kept.
+  std::unordered_map<uint64_t, Child> displaced;
   int running = 0;              // registered, not yet reaped
   bool last_was_short = false;  // how the last reaped child went (see below)
 };
@@ -56,6 +61,9 @@ Registry& registry() {
   }
   return *g_children;
 }
+// Not reset in a new child: a handle the child inherited carries one of its
+// parent's generations, which none of the child's own children can have.
+uint64_t g_last_gen = 0;
 std::string g_executable;  // empty: this process's own executable
 
 // The resolved path, so that children show as "luamp" in ps, not "exe".
@@ -228,10 +236,37 @@ void redirect_stdin_to_devnull() {
 
 // -- Registry ----------------------------------------------------------------
 
+namespace {
+
+// The pid of `old` now belongs to a new child, so `old` has ended and been
+// reaped, by us or (SIGCHLD ignored, a server that went away) by someone
+// else: its pid must never be waited for again.
+void displace(Registry& r, Child& old) {
+  if (!old.reaped) {
+    auto code = old.method == Method::forkserver && old.chan >= 0 ? reported_exit(old) : std::nullopt;
+    mark_reaped(old, code ? *code : 255);
+  }
+  if (old.method == Method::raw) {  // no handle refers to it
+    close_fd(old.pidfd);
+    return;
+  }
+  r.displaced.emplace(old.gen, old);
+}
+
+void forget(Child& c) {
+  close_fd(c.pidfd);
+  close_fd(c.chan);
+  if (g_children->displaced.erase(c.gen) == 0) g_children->children.erase(c.pid);
+}
+
+}  // namespace
+
 Child& add_child(pid_t pid, int pidfd, Method method, int chan) {
   Registry& r = registry();
-  Child& c = r.children[pid];
-  c = Child{pid, pidfd, chan, method, false, 0, futex::now_ns()};
+  auto [it, fresh] = r.children.try_emplace(pid);
+  Child& c = it->second;
+  if (!fresh) displace(r, c);
+  c = Child{pid, pidfd, chan, method, false, 0, futex::now_ns(), ++g_last_gen};
   ++r.running;
   return c;
 }
@@ -242,14 +277,36 @@ Child* find_child(pid_t pid) {
   return it == g_children->children.end() ? nullptr : &it->second;
 }
 
-void release_child(pid_t pid) {
+Child* find_child(pid_t pid, uint64_t gen) {
   Child* c = find_child(pid);
+  if (c && c->gen == gen) return c;
+  if (!g_children || g_children->displaced.empty()) return nullptr;
+  auto it = g_children->displaced.find(gen);
+  return it == g_children->displaced.end() ? nullptr : &it->second;
+}
+
+namespace {
+
+void release(Child* c) {
   if (!c) return;
   if (!c->reaped && c->method != Method::forkserver) reap_direct(*c, WNOHANG);
   if (!c->reaped) return;  // still running: the exit procedure will join it
-  close_fd(c->pidfd);
-  close_fd(c->chan);
-  g_children->children.erase(pid);
+  forget(*c);
+}
+
+}  // namespace
+
+void release_child(pid_t pid) { release(find_child(pid)); }
+void release_child(pid_t pid, uint64_t gen) { release(find_child(pid, gen)); }
+
+bool ending_after_report(pid_t pid) {
+  Child* c = find_child(pid);
+  if (!c || c->method != Method::forkserver || c->chan < 0 || c->pidfd < 0) return false;
+  if (!c->reaped && !reported_exit(*c)) return false;
+  // Until its pidfd is readable the process has not ended, so the pid is
+  // still this child's and not some newer process's.
+  pollfd p{c->pidfd, POLLIN, 0};
+  return ::poll(&p, 1, 0) == 0;
 }
 
 // -- Starting ----------------------------------------------------------------
@@ -416,8 +473,13 @@ void set_exit_report_fd(int fd) { g_exit_report_fd = fd; }
 void report_exit(int code) {
   if (g_exit_report_fd < 0) return;
   // A joiner returns on this report, before the kernel has torn the process
-  // down: close every other fd first, so that it then finds the pipes and
-  // sockets this child held at end-of-file, as after a real exit.
+  // down (the teardown of a short child takes longer than its work: waiting
+  // for it would double what a start+join costs). So everything a joiner
+  // may observe is made final first: the locks this child still holds go to
+  // their next acquirer as after its death (its pid stays alive a while),
+  // and every other fd is closed, so that the pipes and sockets it held are
+  // at end-of-file, as after a real exit.
+  luamp_sync_release_owned();
   close_range(0, static_cast<unsigned>(g_exit_report_fd) - 1, 0);
   close_range(static_cast<unsigned>(g_exit_report_fd) + 1, ~0U, 0);
   ssize_t n;
@@ -461,7 +523,7 @@ void send_signal(Child& c, int sig) {
 int waitpid_exitcode(pid_t pid) {
   if (Child* c = find_child(pid)) {
     auto code = wait(*c, -1);
-    release_child(pid);
+    if (c->method == Method::raw) forget(*c);
     return *code;
   }
   int status;

@@ -35,14 +35,22 @@ struct Child {
   bool reaped = false;
   int exitcode = 0;  // valid once reaped
   int64_t started_ns = 0;  // monotonic, when it was registered
+  // Tells this child from any other that had its pid: a handle that keeps
+  // (pid, gen) never reaches a later child that reuses the pid.
+  uint64_t gen = 0;
 };
 
 // -- Registry ----------------------------------------------------------------
 
 // Requires: pid is a child started by this process. Takes ownership of fds.
+// An ended, unreleased entry of an earlier child with the same pid stays
+// reachable by its generation (its Process object still reads it).
 Child& add_child(pid_t pid, int pidfd, Method method, int chan = -1);
-// Returns nullptr when pid is not (or no longer) this process's child.
+// The latest child with this pid; nullptr when pid is not (or no longer)
+// this process's child.
 Child* find_child(pid_t pid);
+// The child registered as (pid, gen), even after its pid was reused.
+Child* find_child(pid_t pid, uint64_t gen);
 // The fd readable once `c` has ended (Process.sentinel): a forkserver
 // child's report channel (the report comes just before its exit, see
 // report_exit), else its pidfd.
@@ -50,6 +58,12 @@ int sentinel(const Child& c);
 // Closes the child's fds and forgets it. Effects: an unreaped fork/spawn
 // child is reaped first if it has ended, so no zombie is left behind.
 void release_child(pid_t pid);
+void release_child(pid_t pid, uint64_t gen);
+// True when `pid` is a forkserver child of this process that has reported
+// its exit code and still holds its pid (its teardown is under way). The
+// Lock recovery of sync.cpp counts it as dead: a joiner returns at the
+// report, and the joiner is the likeliest next acquirer.
+bool ending_after_report(pid_t pid);
 
 // -- Starting ----------------------------------------------------------------
 
@@ -123,7 +137,9 @@ std::optional<int> wait(Child& c, double timeout);
 // Sends `sig` through the pidfd (no pid-reuse race). Harmless once ended.
 void send_signal(Child& c, int sig);
 
-// waitpid() on a raw child (mp.waitpid): blocks, returns the exit code.
+// waitpid() (mp.waitpid): blocks, returns the exit code. A raw child is
+// then forgotten; a Process's child stays registered, ended, so its Process
+// object shows the same exit code.
 int waitpid_exitcode(pid_t pid);
 // Waits for every raw-forked child not yet waited for (exit procedure).
 void reap_raw_children();

@@ -39,9 +39,11 @@
 #include <climits>
 #include <cstdint>
 #include <type_traits>
+#include <unordered_set>
 
 #include "futex.hpp"
 #include "pidfd.hpp"
+#include "process.hpp"
 
 namespace {
 
@@ -121,9 +123,20 @@ inline u32 self_pid() {
   return __builtin_expect(pid != 0, 1) ? pid : learn_pid();
 }
 
+// The owner a process leaves in the Lock and RLock words it still holds
+// when it exits (luamp_sync_release_owned): no process has this pid (it is
+// above PID_MAX_LIMIT), so the next acquirer takes the lock over as from a
+// holder that died, and any process may still release a Lock left so.
+constexpr u32 kAbandoned = 0x7fffffff;
+
 // True when `pid` has ended, zombie included: kill(pid, 0) alone would
-// take an unreaped holder for a live one.
+// take an unreaped holder for a live one. A forkserver child of this
+// process that has reported its exit code counts as ended (see
+// proc::ending_after_report): its joiner may acquire before the kernel
+// has torn it down.
 bool pid_dead(u32 pid) {
+  if (pid == kAbandoned) return true;
+  if (luamp::proc::ending_after_report(static_cast<pid_t>(pid))) return true;
   int fd = pidfd_open(static_cast<pid_t>(pid), 0);
   if (fd < 0) return kill(static_cast<pid_t>(pid), 0) == -1 && errno == ESRCH;
   pollfd p{fd, POLLIN, 0};
@@ -168,6 +181,10 @@ int owner_sleep(u32* w, u32 me, int64_t deadline) {
       if (cas(w, v, me | kWaiters)) return LUAMP_OK;
       continue;
     }
+    if ((v & kPidMask) == kAbandoned) {
+      if (cas(w, v, me | kWaiters)) return LUAMP_OK;
+      continue;
+    }
     owner_nap(w, v, std::min(deadline, check_at));
     int64_t t = now_ns();
     if (t >= check_at) {
@@ -181,6 +198,7 @@ int owner_sleep(u32* w, u32 me, int64_t deadline) {
 // Out of line, so that the fast path needs no stack frame.
 [[gnu::noinline]] int owner_acquire_slow(u32* w, u32 me, int block, double timeout) {
   if (!block || timeout == 0) return owner_take_or_recover(w, me, 0) ? LUAMP_OK : LUAMP_TIMEOUT;
+  if ((load(w) & kPidMask) == kAbandoned) return owner_take_or_recover(w, me, 0) ? LUAMP_OK : LUAMP_TIMEOUT;
   int64_t deadline = deadline_after(timeout);
   if (spin_until([&] { return load(w) == 0 && owner_try(w, me); }, kLockSpinNs, deadline))
     return LUAMP_OK;
@@ -500,6 +518,31 @@ int bar_await(Barrier* b, u32 gen, u32 pred, int64_t deadline) {
   }
 }
 
+// -- Locks this process may hold when it exits ------------------------------------------
+// Each Lock/RLock made here or brought in (luamp_sync_track), once however
+// often the same handle arrives; an RLock's owner word comes first as a
+// Lock's does. Kept in the heap, so a fork child inherits its parent's set;
+// never freed (objects of the arena live as long as the run).
+std::unordered_set<u32*>* g_tracked = nullptr;
+
+void track(void* lock) {
+  if (!g_tracked) g_tracked = new std::unordered_set<u32*>;
+  g_tracked->insert(static_cast<u32*>(lock));
+}
+
+// Leaves `w` to the next acquirer as from a holder that died, if this
+// process holds it; wakes a sleeper, which would otherwise notice only at
+// its next liveness check.
+void abandon_if_mine(u32* w, u32 me) {
+  u32 v = load(w);
+  while ((v & kPidMask) == me) {
+    if (cas(w, v, kAbandoned | (v & kWaiters))) {
+      if (v & kWaiters) futex_wake(w, 1);
+      return;
+    }
+  }
+}
+
 }  // namespace
 
 // == The C ABI =============================================================================
@@ -521,6 +564,7 @@ extern "C" {
 
 void luamp_lock_init(void* lock) {
   store(&as<Lock>(lock)->word, 0u);
+  track(lock);
 }
 
 int luamp_lock_acquire(void* lock, int block, double timeout) {
@@ -549,6 +593,7 @@ void luamp_rlock_init(void* rlock) {
   RLock* r = as<RLock>(rlock);
   store(&r->count, 0u);
   store(&r->word, 0u);
+  track(rlock);
 }
 
 int luamp_rlock_acquire(void* rlock, int block, double timeout) {
@@ -784,6 +829,26 @@ int luamp_barrier_n_waiting(const void* barrier) {
 
 int luamp_barrier_broken(const void* barrier) {
   return (bar_low(load(&as<Barrier>(barrier)->state)) & kBarBroken) != 0;
+}
+
+// -- Exit --------------------------------------------------------------------------------------
+// track: Effects: counts `lock` (a Lock or an RLock made elsewhere and
+//   brought into this process, e.g. a handle received from another) among
+//   those luamp_sync_release_owned looks at. The *_init functions track
+//   what they make.
+// release_owned: Effects: every tracked Lock/RLock this process holds goes
+//   to its next acquirer as if this process had died (an RLock's depth
+//   goes with it). For a process about to exit whose joiner may return before the
+//   kernel has ended it (a forkserver child, see proc::report_exit).
+
+void luamp_sync_track(void* lock) {
+  track(lock);
+}
+
+void luamp_sync_release_owned(void) {
+  if (!g_tracked) return;
+  u32 me = self_pid();
+  for (u32* w : *g_tracked) abandon_if_mine(w, me);
 }
 
 }  // extern "C"

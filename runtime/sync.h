@@ -92,6 +92,16 @@ int luamp_barrier_parties(const void* barrier);
 int luamp_barrier_n_waiting(const void* barrier);
 int luamp_barrier_broken(const void* barrier);
 
+/* -- Exit -------------------------------------------------------------------
+ * Every Lock/RLock made by *_init in this process (or inherited from a fork
+ * parent) is tracked; luamp_sync_track adds one brought in from elsewhere (a
+ * received handle). luamp_sync_release_owned, at exit, leaves each tracked
+ * lock this process still holds to its next acquirer as if this process had
+ * died: a joiner that returns before the kernel has ended the process finds
+ * the lock recoverable at once. */
+void luamp_sync_track(void* lock);
+void luamp_sync_release_owned(void);
+
 #ifdef __cplusplus
 }
 #endif

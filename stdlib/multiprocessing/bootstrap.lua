@@ -27,6 +27,23 @@ local function run_target(proc)
   return proc:run()
 end
 
+local function run_protected(proc)
+  return xpcall(run_target, traceback, proc)
+end
+
+-- A fork child started from inside a coroutine is still in that coroutine:
+-- a target that yielded would resume the parent's script here. In a
+-- coroutine of its own, a yield comes back to us and fails the process.
+local function run_in_coroutine(proc)
+  local co = coroutine.create(run_protected)
+  local resumed, ok, err = coroutine.resume(co, proc)
+  if not resumed then return false, traceback(ok) end
+  if coroutine.status(co) ~= "dead" then
+    return false, debug.traceback(co, "attempt to yield from the process's target (outside any coroutine of its own)")
+  end
+  return ok, err
+end
+
 -- Runs `proc` as this process; never returns. The collector stays stopped
 -- until the target runs, and then waits for the heap to grow: tracing the
 -- inherited heap would write to, and so copy, every page shared with the
@@ -34,7 +51,10 @@ end
 function M.run(proc, parent_pid, parent_name, authkey)
   collectgarbage("stop")
   process.become_child(proc, parent_pid, parent_name, authkey)
-  local ok, err = xpcall(run_target, traceback, proc)
+  local co, main = coroutine.running()
+  local ok, err
+  if co and not main then ok, err = run_in_coroutine(proc)
+  else ok, err = run_protected(proc) end
   if not ok then
     io.stderr:write("Process ", tostring(proc.name), ":\n", err, "\n")
   end
@@ -46,7 +66,43 @@ function M.run_forked(proc)
   collectgarbage("stop")
   local parent_name = process.current_process().name
   util.run_after_fork()
-  M.run(proc, core.getppid(), parent_name)
+  M.run(proc, core.getppid(), parent_name, rawget(proc, "_authkey"))
+end
+
+-- Names mp.register_class was given by the library itself: those classes
+-- are registered in every process that loads it.
+local library_class = setmetatable({}, { __index = function(t, name)
+  local v = name:find("^multiprocessing%.") ~= nil or name:find("^luamp%.") ~= nil
+  t[name] = v
+  return v
+end })
+
+-- The classes the script registered, serialized by value (nil if none): a
+-- spawn or forkserver child never ran the script, and registers them before
+-- it decodes the args, whose instances travel by class name. A class that
+-- cannot be sent stays behind (the child then names it if the args need it).
+local function script_classes()
+  local list
+  for name, mt in pairs(registry["luamp.classes"]) do
+    if not library_class[name] then
+      list = list or {}
+      list[name] = mt
+    end
+  end
+  if not list then return nil end
+  local ok, bytes = pcall(core.dumps, list)
+  if ok then return bytes end
+  for name, mt in pairs(list) do
+    if not pcall(core.dumps, mt) then list[name] = nil end
+  end
+  return core.dumps(list)
+end
+
+local function register_classes(bytes)
+  local classes = registry["luamp.classes"]
+  for name, mt in pairs(core.loads(bytes)) do
+    if classes[name] == nil then core.register_class(name, mt) end
+  end
 end
 
 local function state_of(proc)
@@ -74,7 +130,7 @@ function M.payload(proc, method)
   registry[PAYLOAD_FDS] = fds
   local ok, bytes = pcall(core.dumps, {
     method = method,
-    authkey = process.authkey(),
+    authkey = proc.authkey,
     parent_pid = core.getpid(),
     parent_name = process.current_process().name,
     target = proc._target,
@@ -86,7 +142,11 @@ function M.payload(proc, method)
     report_unsendable(proc, state)
     error(bytes, 0)
   end
-  return core.dumps({ path = package.path, cpath = package.cpath, data = bytes }), fds
+  -- A forkserver child starts in the server's directory; spawn and fork
+  -- children are already in the parent's.
+  local cwd = method == "forkserver" and core.getcwd() or nil
+  return core.dumps({ path = package.path, cpath = package.cpath, cwd = cwd, classes = script_classes(),
+    data = bytes }), fds
 end
 
 -- Returns the decoded message and the Process object it describes; `fds`
@@ -105,6 +165,17 @@ local function decode_process(data, fds)
   return d, proc
 end
 
+local server_cwd  -- in the forkserver: its working directory, which its children inherit
+
+local function prepare(outer, fds)
+  if outer.cwd and outer.cwd ~= server_cwd then
+    local ok, err = core.chdir(outer.cwd)
+    if not ok then error(("cannot change to the parent's directory %s: %s"):format(outer.cwd, err), 0) end
+  end
+  if outer.classes then register_classes(outer.classes) end
+  return decode_process(outer.data, fds)
+end
+
 -- Spawned and forkserver children: decode the payload and run it.
 function M.run_payload(bytes, fds)
   collectgarbage("stop")
@@ -114,7 +185,7 @@ function M.run_payload(bytes, fds)
   -- and the write would copy the page that holds the package table.
   if package.path ~= outer.path then package.path = outer.path end
   if package.cpath ~= outer.cpath then package.cpath = outer.cpath end
-  local ok, d, proc = xpcall(decode_process, traceback, outer.data, fds)
+  local ok, d, proc = xpcall(prepare, traceback, outer, fds)
   if not ok then
     io.stderr:write("luamp: cannot start the process: ", d, "\n")
     core.exit(1)
@@ -142,10 +213,14 @@ function M.forkserver_init(bytes)
   for _, name in ipairs(c.preload) do
     local ok, err = pcall(require, name)
     if not ok then
+      -- Else `require` in a child would find the loading sentinel and
+      -- report a loop instead of loading (and failing) for itself.
+      package.loaded[name] = nil
       io.stderr:write(("luamp: forkserver: cannot preload module '%s': %s\n"):format(name, tostring(err)))
     end
   end
   io.stderr:flush()
+  server_cwd = core.getcwd()
   sample = M.payload(process.Process{ target = function() end, args = { 1 } }, "forkserver")
   -- The server runs no Lua from here on; its children inherit a stopped
   -- collector (see M.run) and restart it when their target runs.

@@ -1,7 +1,8 @@
 -- multiprocessing.class — the small class system behind Process (and later
 -- Pool, Queue, ...): `Cls(...)` constructs and calls `init`, `Cls:extend()`
--- makes a subclass, and read-only computed fields ("getters") such as
--- `p.exitcode` are looked up before methods.
+-- makes a subclass, computed fields ("getters") such as `p.exitcode` are
+-- looked up before methods, and assignments to fields with a "setter"
+-- (`p.daemon = true`) go through it.
 --
 --   local Point = class.new("Point", { norm = function(self) ... end })
 --   function Point:init(x, y) self.x, self.y = x, y end
@@ -9,7 +10,7 @@
 --
 -- Metamethods (keys starting with "__") are copied into subclasses because
 -- Lua looks them up with rawget on the metatable.
-local setmetatable, rawget, pairs, type = setmetatable, rawget, pairs, type
+local setmetatable, rawget, rawset, pairs, type = setmetatable, rawget, rawset, pairs, type
 local table_new = require("table.new")
 
 local class = {}
@@ -30,6 +31,16 @@ local function make_index(cls, getters)
   end
 end
 
+-- Fields with a setter are never stored under their own name, so every
+-- assignment to one reaches __newindex.
+local function make_newindex(setters)
+  return function(self, key, value)
+    local set = setters[key]
+    if set then return set(self, value) end
+    rawset(self, key, value)
+  end
+end
+
 local function extend(parent)
   local cls = {}
   for k, v in pairs(parent) do
@@ -40,11 +51,13 @@ local function extend(parent)
 end
 
 -- Makes a root class named `name` whose instances compute the fields in
--- `getters` (name -> function(self)) on each read and usually hold about
--- `size` fields of their own.
-function class.new(name, getters, size)
+-- `getters` (name -> function(self)) on each read, hand assignments to the
+-- fields in `setters` (name -> function(self, value)) to them, and usually
+-- hold about `size` fields of their own.
+function class.new(name, getters, size, setters)
   local cls = { __name = name, __getters = getters or {}, __size = size or 0 }
   cls.__index = make_index(cls, cls.__getters)
+  if setters then cls.__newindex = make_newindex(setters) end
   cls.extend = extend
   cls.init = function() end
   return setmetatable(cls, { __call = construct })

@@ -12,8 +12,8 @@ local core = require("luamp.core")
 local class = require("multiprocessing.class")
 local util = require("multiprocessing.util")
 
-local getmetatable, rawget, type, pairs, ipairs, tostring, unpack =
-  getmetatable, rawget, type, pairs, ipairs, tostring, unpack
+local getmetatable, rawget, rawset, type, pairs, ipairs, tostring, unpack, pcall =
+  getmetatable, rawget, rawset, type, pairs, ipairs, tostring, unpack, pcall
 local raise = core.error
 
 local SIGTERM, SIGKILL = 15, 9
@@ -39,11 +39,15 @@ end
 
 -- -- Computed fields ----------------------------------------------------------
 
-local getters = {}
+local getters, setters = {}, {}
 
 function getters.pid(self) return rawget(self, "_pid") end
 getters.ident = getters.pid
-function getters.authkey() return authkey end
+function getters.daemon(self) return rawget(self, "_daemon") end
+
+-- A Process's own key if one was set on it, else the process key, which
+-- its child inherits (as Python's Process copies its parent's at creation).
+function getters.authkey(self) return rawget(self, "_authkey") or authkey end
 
 function getters.exitcode(self)
   if rawget(self, "_closed") then return rawget(self, "_exitcode") end
@@ -52,13 +56,27 @@ function getters.exitcode(self)
 end
 
 function getters.sentinel(self)
-  if rawget(self, "_closed") then return rawget(self, "_sentinel") end
+  if rawget(self, "_closed") then raise("ValueError", "Process.sentinel: process object is closed") end
   local popen = rawget(self, "_popen")
   return popen and popen:sentinel()
 end
 
+function setters.daemon(self, daemonic)
+  if rawget(self, "_popen") then raise("AssertionError", "Process.daemon: process has already started") end
+  rawset(self, "_daemon", daemonic and true or false)
+end
+
+-- On the current process it sets the process key: new processes, children
+-- and managers use it from then on.
+function setters.authkey(self, key)
+  if type(key) ~= "string" then
+    raise("TypeError", "Process.authkey: expected a string, got " .. type(key))
+  end
+  if self == current then authkey = key else rawset(self, "_authkey", key) end
+end
+
 -- init sets 7 fields, start() 2 or 3 more.
-local Process = class.new("Process", getters, 12)
+local Process = class.new("Process", getters, 12, setters)
 Process.__mp_unsendable = "Process"
 M.Process = Process
 
@@ -80,10 +98,15 @@ local function named(t)
   return type(t) == "table" and rawget(t, 1) == nil and getmetatable(t) == nil
 end
 
+local PARAMETERS = { group = true, target = true, name = true, args = true, daemon = true }
+
 -- Process(group, target, name, args, daemon) or Process{target = ..., ...}
 function Process:init(group, target, name, args, daemon)
   if named(group) then
     local t = group
+    for k in pairs(t) do
+      if not PARAMETERS[k] then raise("TypeError", ("Process: unexpected named parameter '%s'"):format(tostring(k))) end
+    end
     group, target, name, args, daemon = t.group, t.target, t.name, t.args, t.daemon
   end
   check_type("Process", 1, "group", group, "nil", group == nil)
@@ -106,7 +129,14 @@ end
 
 -- -- Methods ------------------------------------------------------------------
 
+local function check_self(self, method)
+  if type(self) ~= "table" then
+    raise("TypeError", ("Process:%s: argument #1 (self) expected a Process (call it with ':'), got %s"):format(method, type(self)))
+  end
+end
+
 local function check_open(self, method)
+  check_self(self, method)
   if rawget(self, "_closed") then
     raise("ValueError", ("Process:%s: process object is closed"):format(method))
   end
@@ -121,6 +151,7 @@ local function started(self, method, verb)
 end
 
 function Process:run()
+  check_open(self, "run")
   local target = self._target
   if target then
     local args = self._args
@@ -147,6 +178,10 @@ function Process:start()
   nchildren = nchildren + 1
 end
 
+-- A forkserver child reports its exit code just before it exits, and join
+-- returns at that report: the kernel's teardown of the child would double
+-- the cost of a short start+join. What the joiner can observe is final by
+-- then (proc::report_exit); the pid lives on briefly.
 function Process:join(timeout)
   local popen = started(self, "join", "join")
   if popen:wait(timeout) ~= nil then forget(self) end
@@ -171,6 +206,7 @@ function Process:kill()
 end
 
 function Process:close()
+  check_self(self, "close")
   if rawget(self, "_closed") then return end
   local popen = rawget(self, "_popen")
   if popen then
@@ -178,7 +214,7 @@ function Process:close()
     if code == nil then
       raise("ValueError", "Process:close: cannot close a process while it is still running; join() or terminate() it first")
     end
-    self._exitcode, self._sentinel = code, popen:sentinel()
+    self._exitcode = code
     popen:close()
     forget(self)
   end
@@ -236,10 +272,13 @@ function M.parent_process()
 end
 function M.authkey() return authkey end
 
--- Forgets children that have ended (reaping them).
+-- Forgets children that have ended (reaping them), and any that this
+-- process cannot wait for.
 function M.cleanup()
   for p in pairs(children) do
-    if p._popen:poll() ~= nil then forget(p) end
+    local popen = p._popen
+    local ok, code = pcall(popen.poll, popen)
+    if not ok or code ~= nil then forget(p) end
   end
 end
 
@@ -261,11 +300,12 @@ end
 -- In a new child (any start method): `proc` becomes the current process.
 function M.become_child(proc, ppid, pname, key)
   current = proc
-  proc._pid = core.getpid()
-  proc._popen = nil
+  rawset(proc, "_pid", core.getpid())
+  rawset(proc, "_popen", nil)
   counter = 0
   if next(children) ~= nil then children, nchildren = {}, 0 end
   if key then authkey = key end
+  if rawget(proc, "_authkey") ~= nil then rawset(proc, "_authkey", nil) end
   parent, parent_pid, parent_name = nil, ppid, pname
 end
 
@@ -295,6 +335,6 @@ end
 
 util.at_exit(join_children)
 
-current = setmetatable({ _identity = {}, name = "MainProcess", daemon = false, _pid = core.getpid() }, Process)
+current = setmetatable({ _identity = {}, name = "MainProcess", _daemon = false, _pid = core.getpid() }, Process)
 
 return M

@@ -18,6 +18,7 @@ int luamp_rlock_count(const void*);
 int luamp_rlock_owner(const void*);
 void luamp_lock_init(void*);
 void luamp_rlock_init(void*);
+void luamp_sync_track(void*);
 void luamp_sem_init(void*, uint32_t, uint32_t);
 int luamp_sem_acquire(void*, int, double);
 int luamp_sem_release(void*);

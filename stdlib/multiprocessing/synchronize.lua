@@ -189,7 +189,9 @@ local function same(a, b)
   return type(a) == "cdata" and type(b) == "cdata" and istype(ffi.typeof(a), b) and a.p == b.p
 end
 
-local function define(name, ct, methods)
+-- `track`: a received Lock or RLock joins those this process gives up at
+-- exit if it still holds them (luamp_sync_release_owned).
+local function define(name, ct, methods, track)
   ffi.metatype(ct, {
     __index = methods,
     __eq = same,
@@ -199,11 +201,15 @@ local function define(name, ct, methods)
   })
   shared.register_cdata(name, ct,
     function(obj) return { offset = shared.offset(obj.p) } end,
-    function(payload) return ct(shared.at(payload.offset, shared.SYNC_SIZE)) end)
+    function(payload)
+      local p = shared.at(payload.offset, shared.SYNC_SIZE)
+      if track then C.luamp_sync_track(p) end
+      return ct(p)
+    end)
 end
 
-define("Lock", LockT, Lock)
-define("RLock", RLockT, RLock)
+define("Lock", LockT, Lock, true)
+define("RLock", RLockT, RLock, true)
 define("Semaphore", SemaphoreT, Semaphore)
 define("BoundedSemaphore", BoundedSemaphoreT, Semaphore)
 define("Event", EventT, Event)

@@ -61,6 +61,24 @@ do -- what a preload leaves in stdout's buffer is printed once, not by every chi
   T.eq(n, 1, "the preload's output, once: " .. out)
 end
 
+do -- a preload that fails leaves the child free to load the module itself
+  write_file(TMP .. "/needs_cfg.lua", "assert(CONFIG, 'CONFIG not set')\nreturn { cfg = CONFIG }\n")
+  write_file(TMP .. "/preload_fail.lua", ([[
+    package.path = %q .. "/?.lua;" .. package.path
+    local mp = require("multiprocessing")
+    mp.set_start_method("forkserver")
+    mp.set_forkserver_preload({"needs_cfg"})
+    local p = mp.Process{target = function()
+      CONFIG = 42
+      os.exit(require("needs_cfg").cfg)
+    end}
+    p:start(); p:join()
+    os.exit(p.exitcode)
+  ]]):format(TMP))
+  local out, status = T.run(T.luamp() .. " " .. T.quote(TMP .. "/preload_fail.lua") .. " 2>&1")
+  T.eq(status, 42, "require in the child after a failed preload: " .. out)
+end
+
 -- -- Idle children -------------------------------------------------------------
 
 -- The luamp processes whose parent is `pid`.
