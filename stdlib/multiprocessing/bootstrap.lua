@@ -123,8 +123,10 @@ end
 
 -- The serialized form of `proc` for spawn and forkserver children, and the
 -- fds that go with it. The module paths come first, in a message of their
--- own: decoding the rest may `require` modules found through them.
-function M.payload(proc, method)
+-- own: decoding the rest may `require` modules found through them. `cwd`:
+-- a directory the child changes to first (a forkserver child starts in the
+-- server's; spawn and fork children are in the parent's already).
+function M.payload(proc, method, cwd)
   local state = state_of(proc)
   local fds = {}
   registry[PAYLOAD_FDS] = fds
@@ -142,9 +144,6 @@ function M.payload(proc, method)
     report_unsendable(proc, state)
     error(bytes, 0)
   end
-  -- A forkserver child starts in the server's directory; spawn and fork
-  -- children are already in the parent's.
-  local cwd = method == "forkserver" and core.getcwd() or nil
   return core.dumps({ path = package.path, cpath = package.cpath, cwd = cwd, classes = script_classes(),
     data = bytes }), fds
 end
@@ -165,10 +164,8 @@ local function decode_process(data, fds)
   return d, proc
 end
 
-local server_cwd  -- in the forkserver: its working directory, which its children inherit
-
 local function prepare(outer, fds)
-  if outer.cwd and outer.cwd ~= server_cwd then
+  if outer.cwd then
     local ok, err = core.chdir(outer.cwd)
     if not ok then error(("cannot change to the parent's directory %s: %s"):format(outer.cwd, err), 0) end
   end
@@ -220,7 +217,6 @@ function M.forkserver_init(bytes)
     end
   end
   io.stderr:flush()
-  server_cwd = core.getcwd()
   sample = M.payload(process.Process{ target = function() end, args = { 1 } }, "forkserver")
   -- The server runs no Lua from here on; its children inherit a stopped
   -- collector (see M.run) and restart it when their target runs.

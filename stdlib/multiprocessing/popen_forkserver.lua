@@ -30,8 +30,12 @@ local function config()
   return core.dumps({ path = package.path, cpath = package.cpath, preload = preload, idle = IDLE_CHILDREN })
 end
 
+-- The directory the running server, and so each idle child, is in.
+local server_cwd
+
 local function ensure_server()
   if core.forkserver_running() then return end
+  server_cwd = core.getcwd()
   core.forkserver_start(config())
   if not stop_registered then
     util.at_exit(core.forkserver_stop)
@@ -40,8 +44,11 @@ local function ensure_server()
 end
 
 -- A server that died (killed from outside) is replaced once, transparently.
+-- The child is told the parent's directory only when it is not the
+-- server's: nothing more to decode in the common case.
 function M.start(proc)
-  local payload, fds = bootstrap.payload(proc, "forkserver")
+  local cwd = core.getcwd()
+  local payload, fds = bootstrap.payload(proc, "forkserver", cwd ~= server_cwd and cwd or nil)
   ensure_server()
   local ok, popen, pid = pcall(core.start_forkserver, payload, fds)
   if ok then return popen, pid end
