@@ -681,10 +681,13 @@ local BARRIER = {
         end
       end
       if b.action then
-        local ok = pcall(b.action)
+        local ok, err = pcall(b.action)
         if not ok then
+          -- As Python's: the waiter that ran the action gets its error,
+          -- the others BrokenBarrierError.
           barrier_break(b)
-          barrier_leave(b, gen)
+          if b.generation == gen and b.count > 0 then b.count = b.count - 1 end
+          error(err, 0)
         end
       end
       b.count, b.generation = 0, gen + 1

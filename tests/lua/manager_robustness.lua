@@ -177,6 +177,23 @@ T.case("Barrier.n_waiting after a timed-out wait", function()
   T.eq(b.broken, false, "not broken after reset")
 end)
 
+T.case("Barrier: a failing action's error goes to the waiter that ran it", function()
+  local b = m:Barrier(2, function() error("action failed") end)
+  local q = mp.Queue()
+  local p = mp.Process{ target = function(bar, out)
+    local ok, err = pcall(bar.wait, bar, 10)
+    out:put(ok and "passed" or err.type)
+  end, args = { b, q } }
+  p:start()
+  local deadline = mp.monotonic() + 10
+  while b.n_waiting < 1 and mp.monotonic() < deadline do mp.sleep(0.01) end
+  T.eq(b.n_waiting, 1, "the child waits")
+  T.checkerr("RemoteError", "action failed", b.wait, b, 10)
+  T.eq(q:get(true, 10), "BrokenBarrierError", "the other waiter")
+  p:join()
+  T.eq(b.broken, true, "broken")
+end)
+
 T.case("dict, list and Array copy a proxy given as contents", function()
   local l0, d0 = m:list({ 1, 2 }), m:dict({ a = 1 })
   local l = m:list(l0)
