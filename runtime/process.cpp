@@ -46,6 +46,7 @@ struct Registry {
   std::unordered_map<uint64_t, Child> displaced;
   int running = 0;              // registered, not yet reaped
   bool last_was_short = false;  // how the last reaped child went (see below)
+  uint64_t last_gen = 0;        // beside `running`: a start writes no other page for it
 };
 
 // Made on first use, with room for the usual number of children (a rehash
@@ -53,17 +54,19 @@ struct Registry {
 // copy instead of clearing it: freeing the nodes would write to (and so
 // copy) heap pages shared with the parent, for nothing.
 Registry* g_children = nullptr;
+// A new child's registry numbers on from its parent's: a handle the child
+// inherited carries one of its parent's generations, which none of the
+// child's own children may have.
+uint64_t g_inherited_gen = 0;
 
 Registry& registry() {
   if (!g_children) {
     g_children = new Registry;
     g_children->children.reserve(128);
+    g_children->last_gen = g_inherited_gen;
   }
   return *g_children;
 }
-// Not reset in a new child: a handle the child inherited carries one of its
-// parent's generations, which none of the child's own children can have.
-uint64_t g_last_gen = 0;
 std::string g_executable;  // empty: this process's own executable
 
 // The resolved path, so that children show as "luamp" in ps, not "exe".
@@ -266,7 +269,7 @@ Child& add_child(pid_t pid, int pidfd, Method method, int chan) {
   auto [it, fresh] = r.children.try_emplace(pid);
   Child& c = it->second;
   if (!fresh) displace(r, c);
-  c = Child{pid, pidfd, chan, method, false, 0, futex::now_ns(), ++g_last_gen};
+  c = Child{pid, pidfd, chan, method, false, 0, futex::now_ns(), ++r.last_gen};
   ++r.running;
   return c;
 }
@@ -352,6 +355,7 @@ void init_child(pid_t parent, bool keep_stdin) {
   // keeps no process alive, and closing one per sibling made each start cost
   // O(running siblings); starting 64 processes at once spent a fifth of its
   // time in close(). The forkserver's sockets are closed: their EOF matters.
+  if (g_children) g_inherited_gen = g_children->last_gen;
   g_children = nullptr;
   forkserver::forget_in_child();
   if (g_exit_report_fd >= 0) close_fd(g_exit_report_fd);
