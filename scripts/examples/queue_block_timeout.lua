@@ -7,10 +7,10 @@
 local mp = require("multiprocessing")
 
 local q = mp.Queue()
-q:put({42, 'hello'})  -- first in, first out
+q:put({42, nil, 'hello', n = 3})  -- first in, first out; n keeps the nil
 q:put('second')
 local first = q:get()
-print(first[1], first[2])
+print(first[1], first[2], first[3])
 print(q:get())
 
 local ok, err = pcall(q.get, q, false)  -- block = false: at once

@@ -176,6 +176,7 @@ end
 -- Spawned and forkserver children: decode the payload and run it.
 function M.run_payload(bytes, fds)
   collectgarbage("stop")
+  util.reseed_random()
   local mp = require("multiprocessing")  -- registers the classes decoding needs
   local outer = core.loads(bytes, true)
   -- Assigned only when they differ: a forkserver child has them already,

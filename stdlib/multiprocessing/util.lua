@@ -10,7 +10,7 @@ local core = require("luamp.core")
 
 local util = {}
 
-local after_fork_fns = {}
+local after_fork_fns = {}  -- util.reseed_random first, below
 local exit_fns = {}
 local finalizers = {}   -- key -> function, cleared in a new child
 local finalizer_order = {}
@@ -34,6 +34,15 @@ end
 
 function util.cancel(key)
   finalizers[key] = nil
+end
+
+-- A new child draws random numbers of its own: math.random is seeded from
+-- the kernel's generator, as Python reseeds `random` in every child. A
+-- forked child would otherwise repeat its parent's sequence, and every
+-- spawned or forkserver child LuaJIT's fixed default one.
+function util.reseed_random()
+  local a, b, c, d, e, f = core.urandom(6):byte(1, 6)
+  math.randomseed(((((a * 256 + b) * 256 + c) * 256 + d) * 256 + e) * 256 + f)
 end
 
 function util.run_after_fork()
@@ -60,5 +69,7 @@ local function run_exit_functions()
 end
 
 core.atexit(run_exit_functions)
+
+util.register_after_fork(util.reseed_random)
 
 return util

@@ -2,8 +2,8 @@
 -- child, under the start method given as arg[1]: mp.waitpid on it, a pid
 -- reused by a later child, locks its child held when it ended, nothing
 -- outliving the main process, the working directory, registered classes as
--- args, a target that yields, and misuse (named parameters, `.` calls,
--- fields set too late, closed objects).
+-- args, a target that yields, random numbers of its own, and misuse (named
+-- parameters, `.` calls, fields set too late, closed objects).
 local T = require("testlib")
 local mp, method = T.setup()
 local ffi = require("ffi")
@@ -163,6 +163,30 @@ T.case("a target that yields fails its process only", function()
   co()
   T.eq(mp.getpid(), main_pid, "only the main process goes on with the script")
   T.eq(p.exitcode, 1, "the yield is an uncaught error")
+end)
+
+T.case("each child draws its own random numbers", function()
+  math.randomseed(42)
+  local q = mp.Queue()
+  local ps = {}
+  for i = 1, 3 do
+    ps[i] = mp.Process{ target = function(out) out:put(math.random(1, 2 ^ 31)) end, args = { q } }
+    ps[i]:start()
+  end
+  local seen = { [math.random(1, 2 ^ 31)] = "the parent" }
+  for _ = 1, 3 do
+    local v = q:get(true, 10)
+    T.check(seen[v] == nil, ("a child drew %d, as %s did"):format(v, tostring(seen[v])))
+    seen[v] = "another child"
+  end
+  for i = 1, 3 do ps[i]:join() end
+  local pid = mp.fork()
+  if pid == 0 then
+    q:put(math.random(1, 2 ^ 31))
+    os.exit(0)
+  end
+  mp.waitpid(pid)
+  T.check(seen[q:get(true, 10)] == nil, "a raw fork child too")
 end)
 
 T.case("named parameters", function()
