@@ -32,6 +32,11 @@ const char* const kPopenMeta = "luamp.Popen";
 struct Popen {
   pid_t pid;
   uint64_t gen;
+  // Set when the handle released an ended child: its exit code stays
+  // readable (a finalizer may reach a Process whose Popen was collected
+  // first, in the same cycle).
+  bool released;
+  int code;
 };
 
 // [-0, +1]
@@ -39,12 +44,16 @@ void push_popen(lua_State* L, pid_t pid) {
   auto* p = static_cast<Popen*>(lua_newuserdata(L, sizeof(Popen)));
   p->pid = pid;
   p->gen = proc::find_child(pid)->gen;
+  p->released = false;
+  p->code = 0;
   luaL_getmetatable(L, kPopenMeta);
   lua_setmetatable(L, -2);
 }
 
+Popen* check_popen(lua_State* L) { return static_cast<Popen*>(luaL_checkudata(L, 1, kPopenMeta)); }
+
 proc::Child& check_child(lua_State* L) {
-  auto* p = static_cast<Popen*>(luaL_checkudata(L, 1, kPopenMeta));
+  Popen* p = check_popen(L);
   proc::Child* c = proc::find_child(p->pid, p->gen);
   if (!c) raise_error(L, ErrType::ProcessError, "can only use a child process of the current process");
   return *c;
@@ -65,19 +74,28 @@ void push_code(lua_State* L, std::optional<int> code) {
 
 // popen:poll() -> exitcode or nil while running
 int l_popen_poll(lua_State* L) {
+  if (Popen* p = check_popen(L); p->released) {
+    lua_pushinteger(L, p->code);
+    return 1;
+  }
   push_code(L, proc::poll(check_child(L)));
   return 1;
 }
 
 // popen:wait([timeout]) -> exitcode or nil on timeout
 int l_popen_wait(lua_State* L) {
+  if (Popen* p = check_popen(L); p->released) {
+    lua_pushinteger(L, p->code);
+    return 1;
+  }
   proc::Child& c = check_child(L);
   push_code(L, proc::wait(c, opt_timeout(L, 2, "join")));
   return 1;
 }
 
-// popen:signal(signum)
+// popen:signal(signum); nothing once the child has ended and been released
 int l_popen_signal(lua_State* L) {
+  if (check_popen(L)->released) return 0;
   proc::send_signal(check_child(L), static_cast<int>(luaL_checkinteger(L, 2)));
   return 0;
 }
@@ -91,8 +109,16 @@ int l_popen_sentinel(lua_State* L) {
 // popen:close(), and __gc: releases the sentinel of an ended process (a
 // running one stays registered until the exit procedure joins it)
 int l_popen_close(lua_State* L) {
-  auto* p = static_cast<Popen*>(luaL_checkudata(L, 1, kPopenMeta));
+  Popen* p = check_popen(L);
+  if (p->released) return 0;
+  proc::Child* c = proc::find_child(p->pid, p->gen);
+  if (!c) return 0;
+  std::optional<int> code = proc::poll(*c);
   proc::release_child(p->pid, p->gen);
+  if (code && !proc::find_child(p->pid, p->gen)) {
+    p->released = true;
+    p->code = *code;
+  }
   return 0;
 }
 

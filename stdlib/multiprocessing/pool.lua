@@ -567,7 +567,8 @@ end
 
 local function terminate_workers(workers)
   for _, w in pairs(workers) do
-    if w.proc.exitcode == nil then pcall(w.proc.terminate, w.proc) end
+    local ok, code = pcall(function() return w.proc.exitcode end)
+    if ok and code == nil then pcall(w.proc.terminate, w.proc) end
   end
   for _, w in pairs(workers) do
     if not pcall(w.proc.join, w.proc, 1) or w.proc.exitcode == nil then
@@ -623,8 +624,10 @@ local function init(self, ctx, processes, initializer, initargs, maxtasks)
   -- Terminated when garbage-collected or left open at exit: no orphans.
   local workers, owner = self._workers, core.getpid()
   local proxy = newproxy(true)
+  -- A finalizer must not raise: the error would surface at whatever
+  -- allocation ran the collector (or, from a trace exit, crash LuaJIT).
   getmetatable(proxy).__gc = function()
-    if core.getpid() == owner then terminate_workers(workers) end
+    if core.getpid() == owner then pcall(terminate_workers, workers) end
   end
   self._gc = proxy
   live_pools[self] = true

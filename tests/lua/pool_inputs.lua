@@ -268,6 +268,25 @@ do
   usable("after bad calls")
 end
 
+-- -- Collected after a worker died ------------------------------------------------------
+
+do
+  -- The replacement worker's Popen may be finalized before the pool's own
+  -- finalizer reads its exitcode: that must neither raise nor crash.
+  local function run()
+    local p = mp.Pool(1)
+    T.checkerr("WorkerLostError", nil, p.map, p, function() os.exit(1) end, { 1 })
+    p:terminate()
+    p:join()
+  end
+  run()
+  local ok, err = pcall(collectgarbage)
+  T.check(ok, "a full collection after the pool: " .. tostring(err))
+  local t = {}
+  for i = 1, 200000 do t[i % 100 + 1] = { i } end  -- collections from compiled code
+  T.check(true, "allocation after it")
+end
+
 pool:close()
 pool:join()
 T.done()
