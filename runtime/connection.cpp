@@ -630,9 +630,12 @@ void read_inet(const sockaddr_in& a, Address* out) {
   *out = Address{false, host, ntohs(a.sin_port)};
 }
 
+// An abstract Unix address (Linux: a leading NUL byte) shows as "\0name",
+// as Lua writes it; a C string would end at that byte and show nothing.
 std::string describe(const Address& a) {
-  if (a.unix_path) return a.path_or_host;
-  return a.path_or_host + ":" + std::to_string(a.port);
+  if (!a.unix_path) return a.path_or_host + ":" + std::to_string(a.port);
+  if (!a.path_or_host.empty() && a.path_or_host[0] == '\0') return "\\0" + a.path_or_host.substr(1);
+  return a.path_or_host;
 }
 
 void set_nodelay(int fd) {

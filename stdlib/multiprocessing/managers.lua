@@ -181,6 +181,9 @@ local function open(st, timeout)
   local ok, c = pcall(dial, st.address, authkey, timeout)
   if not ok then
     if is_error(c, "OSError") then gone(st, c) end
+    -- A key that this address accepted before fails only when the server
+    -- died during the challenge (its socket accepted, then closed).
+    if is_error(c, "AuthenticationError") and known_keys[st.key] == authkey then gone(st, c) end
     error(c, 0)
   end
   return c and attach(st.key, c)

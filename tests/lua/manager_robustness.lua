@@ -238,5 +238,41 @@ T.case("the default address is abstract: no socket file", function()
   server:close()
 end)
 
+T.case("a server that dies during the challenge is gone (EOFError)", function()
+  local m2 = mp.Manager()
+  local d = m2:dict()
+  d.x = 1
+  local address = m2.address
+  m2._process:kill()
+  m2._process:join()
+  -- Something at the same address accepts and closes at once, as a dying
+  -- server's socket may: the key that worked before now fails the challenge.
+  local ready = mp.Event()
+  local p = mp.Process{ target = function(at, ev)
+    local l = mp.connection.Listener(at)
+    ev:set()
+    l:accept():close()
+    l:close()
+  end, args = { address, ready } }
+  p:start()
+  T.check(ready:wait(10), "the impostor listens")
+  -- The first connection opened from here on runs the challenge: a new
+  -- process's own (fork), or this one's, to take a reference for the
+  -- proxy it sends (spawn, forkserver).
+  local q = mp.Queue()
+  local reader = mp.Process{ target = function(proxy, out)
+    local ok, err = pcall(function() return proxy.x end)
+    out:put(ok and "read" or err.type)
+  end, args = { d, q } }
+  local started, err = pcall(reader.start, reader)
+  if started then
+    T.eq(q:get(true, 10), "EOFError", "the proxy call in a new process")
+    reader:join()
+  else
+    T.check(mp.is_error(err, "EOFError"), "sending the proxy: " .. tostring(err))
+  end
+  p:join()
+end)
+
 m:shutdown()
 T.done()
