@@ -1082,6 +1082,7 @@ class Decoder {
   void module();
   void push_module(std::string_view name);
   void handle(int depth);
+  [[noreturn]] void handle_failed(std::string_view type);
   void cdata(Tag tag);
   void new_ref(int v);
   void need_refs();
@@ -1430,10 +1431,29 @@ void Decoder::handle(int depth) {
     fail(ErrType::SerializationError, "no handle type '%.*s' in this process",
          static_cast<int>(type.size()), type.data());
   value(depth + 1);
-  lua_call(L_, 1, 1);
+  if (lua_pcall(L_, 1, 1, 0) != 0) handle_failed(type);
   if (!refs_) return;
   lua_pushvalue(L_, -1);
   lua_rawseti(L_, refs_, id);
+}
+
+// A handle's payload is built by its own type's rebuild function: a
+// luamp error from it (an arena offset out of range, a Connection whose
+// sender is gone) keeps its type; anything else means a payload of the
+// wrong shape, so the message was corrupt.
+void Decoder::handle_failed(std::string_view type) {
+  if (lua_istable(L_, -1)) {
+    lua_getfield(L_, -1, "type");
+    lua_getfield(L_, -2, "message");
+    ErrType t;
+    if (lua_type(L_, -2) == LUA_TSTRING && lua_type(L_, -1) == LUA_TSTRING &&
+        errtype_from_name(lua_tostring(L_, -2), &t))
+      throw Error(t, lua_tostring(L_, -1));
+    lua_pop(L_, 2);
+  }
+  const char* why = lua_tostring(L_, -1);
+  fail(ErrType::SerializationError, "corrupt message: a %.*s handle that cannot be rebuilt (%s)",
+       static_cast<int>(type.size()), type.data(), why ? why : "not a string");
 }
 
 void Decoder::cdata(Tag tag) {

@@ -133,6 +133,17 @@ local function lock_kind(func, lock)
   raise("TypeError", func .. ": argument #3 (lock) expected true, false, a Lock or an RLock, got " .. type(lock))
 end
 
+-- The lock part of a received Value or Array handle, checked: the place
+-- must be inside the arena and the kind one of the three.
+local function handle_lock(payload)
+  local kind = payload.lockkind
+  if kind ~= NO_LOCK and kind ~= LOCK and kind ~= RLOCK then
+    raise("SerializationError", "corrupt message: a lock kind " .. tostring(kind))
+  end
+  if kind == NO_LOCK then return kind, nil end
+  return kind, shared.at(payload.lock, shared.SYNC_SIZE)
+end
+
 local function lock_object(kind, p)
   if kind == LOCK then return ffi.new("struct luamp_Lock", p) end
   if kind == RLOCK then return ffi.new("struct luamp_RLock", p) end
@@ -225,8 +236,8 @@ local function value_type(typecode)
                lock = v.lockkind ~= NO_LOCK and shared.offset(v.lock) or nil }
     end,
     function(payload)
-      local lock = payload.lock and shared.at(payload.lock) or nil
-      return ct(ffi.cast(t.ct .. "*", shared.at(payload.offset)), lock, payload.lockkind)
+      local kind, lock = handle_lock(payload)
+      return ct(ffi.cast(t.ct .. "*", shared.at(payload.offset, ffi.sizeof(t.ct))), lock, kind)
     end)
   value_types[typecode] = ct
   return ct
@@ -375,8 +386,12 @@ local function array_type(typecode)
                lock = a.lockkind ~= NO_LOCK and shared.offset(a.lock) or nil }
     end,
     function(payload)
-      local lock = payload.lock and shared.at(payload.lock) or nil
-      return ct(ffi.cast(t.ct .. "*", shared.at(payload.offset)), payload.n, payload.lockkind, lock)
+      local n = payload.n
+      if type(n) ~= "number" or n < 1 or n ~= floor(n) then
+        raise("SerializationError", "corrupt message: an Array handle of " .. tostring(n) .. " elements")
+      end
+      local kind, lock = handle_lock(payload)
+      return ct(ffi.cast(t.ct .. "*", shared.at(payload.offset, n * ffi.sizeof(t.ct))), n, kind, lock)
     end)
   array_types[typecode] = ct
   return ct

@@ -257,4 +257,19 @@ do -- an Array's lock, shared with a child
   T.eq(a[1], 3000, "3 x 1000 increments under the Array's lock")
 end
 
+do -- forged handles: a length past the arena, keys of the wrong name
+  local a = mp.Array("b", 10, false)
+  local bytes = mp.dumps(a)
+  local at = assert(bytes:find("\5\1n\3\20", 1, true), "the Array's n = 10 in its handle")
+  local forged = bytes:sub(1, at + 2) .. "\3\192\154\12" .. bytes:sub(at + 5)  -- n = 100000
+  T.checkerr("SerializationError", "outside the shared arena", mp.loads, forged)
+  local v = mp.Value("i", 7)
+  for _, key in ipairs({ "offset", "lockkind" }) do
+    local renamed = mp.dumps(v):gsub(key, key:sub(1, -2) .. "x")
+    T.checkerr("SerializationError", nil, mp.loads, renamed)
+  end
+  local q = mp.Queue()
+  T.checkerr("SerializationError", "corrupt message", mp.loads, (mp.dumps(q):gsub("offset", "offsex")))
+end
+
 T.done()
