@@ -16,13 +16,15 @@ void arg_type_error(lua_State* L, const char* func, int n, const char* what, con
   arg_type_error(L, n, func, n, what, want);
 }
 
-double opt_timeout(lua_State* L, int idx, const char* func) {
+double opt_timeout(lua_State* L, int idx, const char* func) { return opt_timeout(L, idx, func, idx); }
+
+double opt_timeout(lua_State* L, int idx, const char* func, int n) {
   if (lua_isnoneornil(L, idx)) return -1;
-  if (lua_type(L, idx) != LUA_TNUMBER) arg_type_error(L, func, idx, "timeout", "number or nil");
+  if (lua_type(L, idx) != LUA_TNUMBER) arg_type_error(L, idx, func, n, "timeout", "a number or nil");
   double t = lua_tonumber(L, idx);
-  if (std::isnan(t) || t < 0)
-    raise_error(L, ErrType::ValueError, std::string(func) + ": timeout must be a non-negative number");
-  return t;
+  if (std::isnan(t)) raise_error(L, ErrType::ValueError, std::string(func) + ": timeout must not be NaN");
+  // As in Python, a timeout already past (deadline - now) is one attempt.
+  return t < 0 ? 0 : t;
 }
 
 }  // namespace luamp

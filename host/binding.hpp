@@ -51,7 +51,10 @@ int wrap(lua_State* L) {
 // The same for a plain function, whose argument n is stack slot n.
 [[noreturn]] void arg_type_error(lua_State* L, const char* func, int n, const char* what,
                                  const char* want);
-// Timeout argument: nil -> -1 (no limit); a negative number is a ValueError.
+// Timeout argument: nil -> -1 (no limit); a negative number -> 0 (one
+// attempt, as Python does); NaN is a ValueError.
 double opt_timeout(lua_State* L, int idx, const char* func);
+// The same for a method's argument n (stack slot idx), as arg_type_error.
+double opt_timeout(lua_State* L, int idx, const char* func, int n);
 
 }  // namespace luamp

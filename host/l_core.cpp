@@ -97,7 +97,8 @@ int l_core_monotonic(lua_State* L) {
 int l_core_sleep(lua_State* L) {
   if (lua_type(L, 1) != LUA_TNUMBER) arg_type_error(L, "sleep", 1, "seconds", "a number");
   double s = lua_tonumber(L, 1);
-  if (std::isnan(s) || s < 0) raise_error(L, ErrType::ValueError, "sleep: length must be non-negative");
+  if (std::isnan(s)) raise_error(L, ErrType::ValueError, "sleep: length must not be NaN");
+  if (s <= 0) return 0;
   timespec ts;
   ts.tv_sec = static_cast<time_t>(s);
   ts.tv_nsec = static_cast<long>((s - static_cast<double>(ts.tv_sec)) * 1e9);

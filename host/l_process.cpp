@@ -89,7 +89,7 @@ int l_popen_wait(lua_State* L) {
     return 1;
   }
   proc::Child& c = check_child(L);
-  push_code(L, proc::wait(c, opt_timeout(L, 2, "join")));
+  push_code(L, proc::wait(c, opt_timeout(L, 2, "Process:join", 1)));
   return 1;
 }
 

@@ -234,10 +234,12 @@ struct RLock {
   u32 count;  // written by the owner only; read by anyone (luamp_rlock_count)
 };
 
+constexpr u32 kUnbounded = UINT32_MAX;
+
 struct Sem {
   u32 value;
   u32 sleepers;  // processes inside futex_wait (a dead one stays counted)
-  u32 maxvalue;  // 0: unbounded
+  u32 maxvalue;  // kUnbounded: no maximum
 };
 
 struct Event {
@@ -627,7 +629,8 @@ int luamp_rlock_owner(const void* rlock) {
 }
 
 // -- Semaphore / BoundedSemaphore ---------------------------------------------------------------
-// init: value and maxvalue are clamped to INT_MAX; maxvalue 0 = unbounded.
+// init: value and maxvalue are clamped to INT_MAX; maxvalue UINT32_MAX =
+//   unbounded (a BoundedSemaphore(0) has maxvalue 0, as in Python).
 // acquire: Effects: takes one unit if any (CAS); otherwise, with block and
 //   a non-zero timeout, spins briefly, then sleeps until a release or the
 //   timeout. Returns OK or TIMEOUT. A unit is never lost to a waiter that
@@ -641,7 +644,7 @@ int luamp_rlock_owner(const void* rlock) {
 
 void luamp_sem_init(void* sem, uint32_t value, uint32_t maxvalue) {
   Sem* s = as<Sem>(sem);
-  store(&s->maxvalue, std::min<u32>(maxvalue, INT_MAX));
+  store(&s->maxvalue, maxvalue == kUnbounded ? kUnbounded : std::min<u32>(maxvalue, INT_MAX));
   store(&s->sleepers, 0u);
   store(&s->value, std::min<u32>(value, INT_MAX));
 }
@@ -660,7 +663,7 @@ int luamp_sem_release(void* sem) {
   u32 max = load(&s->maxvalue);
   u32 v = load(&s->value);
   do {
-    if (max != 0 && v >= max) return LUAMP_ENOTLOCKED;
+    if (max != kUnbounded && v >= max) return LUAMP_ENOTLOCKED;
     if (v >= INT_MAX) return LUAMP_EOVERFLOW;
   } while (!cas(&s->value, v, v + 1));
   if (load(&s->sleepers) > 0) futex_wake(&s->value, 1);

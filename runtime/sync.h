@@ -53,7 +53,7 @@ int luamp_rlock_count(const void* rlock);           /* recursion depth (any owne
 int luamp_rlock_owner(const void* rlock);
 
 /* -- Semaphore; maxvalue > 0 makes it bounded ------------------------------ */
-void luamp_sem_init(void* sem, uint32_t value, uint32_t maxvalue);
+void luamp_sem_init(void* sem, uint32_t value, uint32_t maxvalue); /* maxvalue UINT32_MAX: unbounded */
 int luamp_sem_acquire(void* sem, int block, double timeout);
 int luamp_sem_release(void* sem);                   /* OK, ENOTLOCKED (bounded: over-release), EOVERFLOW */
 int luamp_sem_value(const void* sem);

@@ -20,6 +20,7 @@
 -- mp.connection.wait, not for a poll of your own: small messages travel in
 -- shared memory and the socket is rung only when a waiter asks for it.
 local core = require("luamp.core")
+local params = require("multiprocessing.params")
 local ffi = require("ffi")
 local util = require("multiprocessing.util")
 
@@ -36,17 +37,13 @@ local registry = debug.getregistry()
 -- the payload.
 local PAYLOAD_FDS = "luamp.payload_fds"
 
-local function named(t)
-  return type(t) == "table" and rawget(t, 1) == nil and getmetatable(t) == nil
-end
-
 local function is_connection(v)
   return type(v) == "userdata" and getmetatable(v) == mt
 end
 
 -- mp.Pipe([duplex]) -> a, b; with duplex false, a only receives, b only sends
 function M.Pipe(duplex)
-  if named(duplex) then duplex = duplex.duplex end
+  if params.named(duplex) then duplex = params.unpack("Pipe", duplex, { "duplex" }) end
   if duplex ~= nil and type(duplex) ~= "boolean" then
     raise("TypeError", "Pipe: argument #1 (duplex) expected a boolean or nil, got " .. type(duplex))
   end
@@ -80,6 +77,10 @@ end
 -- Connection:recv_bytes_into(buffer [, offset]) -> number of bytes written at
 -- byte `offset`; BufferTooShort (the message in err.value) when they do not fit
 function methods.recv_bytes_into(self, buffer, offset)
+  if not is_connection(self) then
+    raise("TypeError", "Connection:recv_bytes_into: argument #1 (self) expected a Connection (call it with ':'), got "
+      .. type(self))
+  end
   local ptr, size = buffer_span(buffer)
   offset = offset or 0
   if type(offset) ~= "number" or offset ~= floor(offset) then
@@ -184,6 +185,14 @@ function M.wait(objects, timeout)
   end
   local fds = {}
   for i, o in ipairs(objects) do fds[i] = watched_fd(o, i) end
+  -- As Python: a negative timeout is an immediate poll.
+  if timeout ~= nil then
+    if type(timeout) ~= "number" then
+      raise("TypeError", "wait: argument #2 (timeout) expected a number or nil, got " .. type(timeout))
+    end
+    if timeout ~= timeout then raise("ValueError", "wait: argument #2 (timeout) is NaN") end
+    if timeout < 0 then timeout = 0 end
+  end
   local ready = core.conn_wait(fds, timeout)
   local out = {}
   for i, o in ipairs(objects) do
@@ -263,9 +272,9 @@ Listener.__mp_unsendable = "Listener"
 
 -- Listener(address, family, backlog, authkey) or Listener{address = ..., ...}
 function M.Listener(address, family, backlog, authkey)
-  if named(address) then
-    local t = address
-    address, family, backlog, authkey = t.address, t.family, t.backlog, t.authkey
+  if params.named(address) then
+    address, family, backlog, authkey =
+      params.unpack("Listener", address, { "address", "family", "backlog", "authkey" })
   end
   family = family_of("Listener", address, family)
   -- As Python: no address is a fresh one of the family.
@@ -289,8 +298,16 @@ local function take(self)
   return fd
 end
 
+local function check_listener(self, method)
+  if getmetatable(self) ~= Listener then
+    raise("TypeError", ("Listener:%s: argument #1 (self) expected a Listener (call it with ':'), got %s")
+      :format(method, type(self)))
+  end
+end
+
 -- Listener:accept() -> Connection (after the challenge when there is an authkey)
 function Listener:accept()
+  check_listener(self, "accept")
   return authenticated(take(self), self._authkey, true)
 end
 
@@ -299,6 +316,7 @@ end
 -- readable, true once it has passed. For a server that serves everyone from
 -- one loop (managers), where accept() could wait on a silent client.
 function Listener:_accept_pending()
+  check_listener(self, "_accept_pending")
   local c = core.conn_wrap(take(self), true, true, false)
   if self._authkey then or_close(c, "_handshake_begin", self._authkey) end
   return c
@@ -306,19 +324,20 @@ end
 
 -- Listener:close(): also removes the socket file of a Unix address
 function Listener:close()
+  check_listener(self, "close")
   self._sock:close()
   util.cancel(self)
 end
 
 function Listener:fileno()
+  check_listener(self, "fileno")
   return self._sock:fileno()
 end
 
 -- Client(address, family, authkey) or Client{address = ..., family = ..., authkey = ...}
 function M.Client(address, family, authkey)
-  if named(address) then
-    local t = address
-    address, family, authkey = t.address, t.family, t.authkey
+  if params.named(address) then
+    address, family, authkey = params.unpack("Client", address, { "address", "family", "authkey" })
   end
   family = family_of("Client", address, family)
   check_authkey("Client", authkey)

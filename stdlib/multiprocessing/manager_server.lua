@@ -235,6 +235,9 @@ local LIST = {
     return c
   end,
   sort = function(l, comp)
+    if comp ~= nil and type(comp) ~= "function" then
+      raise("TypeError", "list:sort: argument #1 (comp) expected a function or nil, got " .. type(comp))
+    end
     local t = seq_totable(l)
     t.n = nil
     table.sort(t, comp)
@@ -355,13 +358,17 @@ end
 -- seconds) until it succeeds or its timeout
 -- passes.
 
+-- -> the timeout to wait: as Python's, a negative one is an immediate attempt.
 local function check_wait_args(method, block, timeout)
   if block ~= nil and type(block) ~= "boolean" then
     raise("TypeError", method .. ": argument #1 (block) expected boolean or nil, got " .. type(block))
   end
-  if timeout ~= nil and (type(timeout) ~= "number" or not (timeout >= 0)) then
-    raise("ValueError", method .. ": timeout must be a non-negative number or nil")
+  if timeout == nil then return nil end
+  if type(timeout) ~= "number" then
+    raise("TypeError", method .. ": timeout must be a number or nil, got " .. type(timeout))
   end
+  if timeout ~= timeout then raise("ValueError", method .. ": timeout is NaN") end
+  return timeout < 0 and 0 or timeout
 end
 
 -- true as soon as try() is; false when block is false or the timeout passed.
@@ -393,7 +400,7 @@ end
 
 local function acquirer(method)
   return function(sem, block, timeout)
-    check_wait_args(method, block, timeout)
+    timeout = check_wait_args(method, block, timeout)
     return retry_until(function() return sem:acquire(false) end, block, timeout)
   end
 end
@@ -409,7 +416,7 @@ local lock_holders = setmetatable({}, { __mode = "k" })
 local current_client, current_server
 
 local function lock_acquire(lock, block, timeout)
-  check_wait_args("acquire", block, timeout)
+  timeout = check_wait_args("acquire", block, timeout)
   local me = current_client
   local ok = retry_until(function() return lock:acquire(false) end, block, timeout)
   if ok then lock_holders[lock] = me end
@@ -434,20 +441,20 @@ local EVENT = {
   clear = function(ev) ev:clear() end,
   is_set = function(ev) return ev:is_set() end,
   wait = function(ev, timeout)
-    check_wait_args("wait", nil, timeout)
+    timeout = check_wait_args("wait", nil, timeout)
     return retry_until(function() return ev:is_set() end, true, timeout)
   end,
 }
 
 local function queue_put(q, obj, block, timeout)
-  check_wait_args("put", block, timeout)
+  timeout = check_wait_args("put", block, timeout)
   if not retry_until(attempt("Full", q.put, q, obj, false), block, timeout) then
     raise("Full", "put: the queue is full")
   end
 end
 
 local function queue_get(q, block, timeout)
-  check_wait_args("get", block, timeout)
+  timeout = check_wait_args("get", block, timeout)
   local try, result = attempt("Empty", q.get, q, false)
   if not retry_until(try, block, timeout) then raise("Empty", "get: the queue is empty") end
   return result()
@@ -489,7 +496,7 @@ local function rlock_take(r, me, count)
 end
 
 local function rlock_acquire(r, block, timeout)
-  check_wait_args("acquire", block, timeout)
+  timeout = check_wait_args("acquire", block, timeout)
   local me = current_client
   return retry_until(function() return rlock_take(r, me) end, block, timeout)
 end
@@ -549,7 +556,7 @@ end
 
 local CONDITION = {
   acquire = function(c, block, timeout)
-    check_wait_args("acquire", block, timeout)
+    timeout = check_wait_args("acquire", block, timeout)
     local use, lock, me = c.use, c.lock, current_client
     return retry_until(function() return use.take(lock, me) end, block, timeout)
   end,
@@ -557,7 +564,7 @@ local CONDITION = {
   -- Releases the lock fully, waits for a notify (or the timeout), takes the
   -- lock back as it was; returns whether it was notified.
   wait = function(c, timeout)
-    check_wait_args("wait", nil, timeout)
+    timeout = check_wait_args("wait", nil, timeout)
     cond_owned(c, "wait")
     local use, lock, me = c.use, c.lock, current_client
     local saved = use.save(lock)
@@ -639,10 +646,16 @@ local JOINABLE = {
 local barriers = setmetatable({}, { __mode = "k" })
 
 local function barrier_new(parties, action, timeout)
-  if type(parties) ~= "number" or parties < 1 or parties ~= math.floor(parties) then
+  if type(parties) ~= "number" then
+    raise("TypeError", "Barrier: argument #1 (parties) expected a number, got " .. type(parties))
+  end
+  if parties < 1 or parties ~= math.floor(parties) then
     raise("ValueError", "Barrier: parties must be a whole number >= 1")
   end
-  check_wait_args("Barrier", nil, timeout)
+  if action ~= nil and type(action) ~= "function" then
+    raise("TypeError", "Barrier: argument #2 (action) expected a function or nil, got " .. type(action))
+  end
+  timeout = check_wait_args("Barrier", nil, timeout)
   local b = { parties = parties, action = action, timeout = timeout, count = 0, generation = 0,
               broken = false, broken_gens = {}, waiting = {} }
   barriers[b] = true
@@ -667,7 +680,7 @@ end
 
 local BARRIER = {
   wait = function(b, timeout)
-    check_wait_args("wait", nil, timeout)
+    timeout = check_wait_args("wait", nil, timeout)
     if b.broken then broken() end
     local gen, index, me = b.generation, b.count, current_client
     b.count = b.count + 1

@@ -39,6 +39,7 @@
 local core = require("luamp.core")
 local class = require("multiprocessing.class")
 local connection = require("multiprocessing.connection")
+local params = require("multiprocessing.params")
 local process = require("multiprocessing.process")
 local util = require("multiprocessing.util")
 local server_mod = require("multiprocessing.manager_server")
@@ -311,6 +312,17 @@ local function state_of(p)
   return st
 end
 
+-- A proxy method's state of `self`; `method` ("dict:keys") names it when
+-- self is no proxy, most likely a method called with '.'.
+local function self_state(self, method)
+  local st = states[self]
+  if st == nil then
+    raise("TypeError", ("%s: argument #1 (self) expected a manager proxy (call it with ':'), got %s")
+      :format(method, type(self)))
+  end
+  return st
+end
+
 local function is_proxy(v)
   return type(v) == "userdata" and states[v] ~= nil
 end
@@ -322,9 +334,10 @@ function M._token(p)
   if st then return { ident = st.ident, id = st.id, kind = st.kind } end
 end
 
--- A method that calls `name` on the proxy's object.
-local function remote(name)
-  return function(self, ...) return call(state_of(self), name, ...) end
+-- A method that calls `name` on the object of a `kind` proxy.
+local function remote(kind, name)
+  local method = kind .. ":" .. name
+  return function(self, ...) return call(self_state(self, method), name, ...) end
 end
 
 -- The reference a handle of st takes with it: see "References" above.
@@ -390,12 +403,10 @@ local function plain(v)
 end
 
 local DICT = {
-  get = remote("get"), keys = remote("keys"), values = remote("values"), items = remote("items"),
-  pop = remote("pop"), setdefault = remote("setdefault"), clear = remote("clear"), copy = remote("copy"),
-  update = function(self, t) return call(state_of(self), "update", plain(t)) end,
+  update = function(self, t) return call(self_state(self, "dict:update"), "update", plain(t)) end,
   -- for k, v in d:pairs() do: over a copy of the items taken now
   pairs = function(self)
-    local items, i = call(state_of(self), "items"), 0
+    local items, i = call(self_state(self, "dict:pairs"), "items"), 0
     return function()
       i = i + 1
       local it = items[i]
@@ -403,6 +414,10 @@ local DICT = {
     end
   end,
 }
+
+for _, name in ipairs({ "get", "keys", "values", "items", "pop", "setdefault", "clear", "copy" }) do
+  DICT[name] = remote("dict", name)
+end
 
 define("dict", "dict", {
   __index = function(p, k)
@@ -415,11 +430,11 @@ define("dict", "dict", {
 })
 
 local LIST = {
-  append = remote("append"), insert = remote("insert"), pop = remote("pop"), remove = remote("remove"),
-  index = remote("index"), count = remote("count"), sort = remote("sort"), reverse = remote("reverse"),
-  totable = remote("totable"),
-  extend = function(self, t) return call(state_of(self), "extend", plain(t)) end,
+  extend = function(self, t) return call(self_state(self, "list:extend"), "extend", plain(t)) end,
 }
+for _, name in ipairs({ "append", "insert", "pop", "remove", "index", "count", "sort", "reverse", "totable" }) do
+  LIST[name] = remote("list", name)
+end
 
 local function sequence(methods)
   return {
@@ -435,14 +450,14 @@ local function sequence(methods)
 end
 
 define("list", "list", sequence(LIST))
-define("Array", "Array", sequence({ totable = remote("totable") }))
+define("Array", "Array", sequence({ totable = remote("Array", "totable") }))
 
 define("Namespace", "Namespace", {
   __index = function(p, k) return call(state_of(p), "getattr", k) end,
   __newindex = function(p, k, v) call(state_of(p), "setattr", k, v) end,
 })
 
-local VALUE = { get = remote("get"), set = remote("set") }
+local VALUE = { get = remote("Value", "get"), set = remote("Value", "set") }
 define("Value", "Value", {
   __index = function(p, k)
     if k == "value" then return call(state_of(p), "get") end
@@ -460,7 +475,7 @@ define("Value", "Value", {
 -- (a call that waits there does not hold up the other clients).
 local function methods_proxy(kind, names, extra)
   local methods = extra or {}
-  for _, name in ipairs(names) do methods[name] = remote(name) end
+  for _, name in ipairs(names) do methods[name] = remote(kind, name) end
   define(kind, kind, {
     __index = function(p, k)
       local m = methods[k]
@@ -471,28 +486,39 @@ local function methods_proxy(kind, names, extra)
 end
 
 -- lock:with(fn, ...): fn(...) holding the lock, released even on error.
-local function with(self, fn, ...)
-  self:acquire()
-  local r = table.pack(pcall(fn, ...))
-  self:release()
-  if not r[1] then error(r[2], 0) end
-  return unpack(r, 2, r.n)
+local function wither(kind)
+  local method = kind .. ":with"
+  return function(self, fn, ...)
+    self_state(self, method)
+    if type(fn) ~= "function" and not (type(fn) == "table" and getmetatable(fn)) then
+      raise("TypeError", method .. ": argument #1 (fn) expected a function, got " .. type(fn))
+    end
+    self:acquire()
+    local r = table.pack(pcall(fn, ...))
+    self:release()
+    if not r[1] then error(r[2], 0) end
+    return unpack(r, 2, r.n)
+  end
 end
 
-methods_proxy("Lock", { "acquire", "release" }, { with = with })
-methods_proxy("Semaphore", { "acquire", "release", "get_value" }, { with = with })
-methods_proxy("BoundedSemaphore", { "acquire", "release", "get_value" }, { with = with })
+methods_proxy("Lock", { "acquire", "release" }, { with = wither("Lock") })
+methods_proxy("Semaphore", { "acquire", "release", "get_value" }, { with = wither("Semaphore") })
+methods_proxy("BoundedSemaphore", { "acquire", "release", "get_value" }, { with = wither("BoundedSemaphore") })
 methods_proxy("Event", { "set", "clear", "is_set", "wait" })
 methods_proxy("Queue", { "put", "get", "put_nowait", "get_nowait", "qsize", "empty", "full" })
 methods_proxy("JoinableQueue", { "put", "get", "put_nowait", "get_nowait", "qsize", "empty", "full",
                                  "task_done", "join" })
-methods_proxy("RLock", { "acquire", "release" }, { with = with })
+methods_proxy("RLock", { "acquire", "release" }, { with = wither("RLock") })
 -- cond:wait_for(predicate [, timeout]): as in Python, the predicate runs
 -- here, between waits in the server, each given what is left of the timeout.
 local wait_for = require("multiprocessing.synchronize").wait_for
 
 methods_proxy("Condition", { "acquire", "release", "wait", "notify", "notify_all" },
-              { with = with, wait_for = wait_for })
+              { with = wither("Condition"),
+                wait_for = function(self, ...)
+                  self_state(self, "Condition:wait_for")
+                  return wait_for(self, ...)
+                end })
 methods_proxy("Barrier", { "wait", "abort", "reset" })
 -- Python's Barrier has parties, n_waiting and broken as attributes.
 do
@@ -509,7 +535,7 @@ define("generic", "BaseProxy", {
   __index = function(_, k)
     local m = generic_methods[k]
     if m == nil and type(k) == "string" then
-      m = remote(k)
+      m = remote("BaseProxy", k)
       generic_methods[k] = m
     end
     return m
@@ -573,15 +599,19 @@ end
 local RESERVED = { init = true, start = true, connect = true, shutdown = true, get_server = true,
                    register = true, extend = true, join = true }
 
-local function named(t)
-  return type(t) == "table" and rawget(t, 1) == nil and getmetatable(t) == nil
+-- A manager method's check of `self`: called with '.', it would take its
+-- first argument for the manager.
+local function check_manager(self, func)
+  if not class.isinstance(self, BaseManager) then
+    raise("TypeError", ("%s: argument #1 (self) expected a manager (call it with ':'), got %s")
+      :format(func, type(self)))
+  end
 end
 
 -- BaseManager(address, authkey) or BaseManager{address = ..., authkey = ..., ctx = ...}
 function BaseManager:init(address, authkey, ctx)
-  if named(address) then
-    local t = address
-    address, authkey, ctx = t.address, t.authkey, t.ctx
+  if params.named(address) then
+    address, authkey, ctx = params.unpack("BaseManager", address, { "address", "authkey", "ctx" })
   end
   if authkey ~= nil and type(authkey) ~= "string" then
     raise("TypeError", "BaseManager: argument #2 (authkey) expected a string or nil, got " .. type(authkey))
@@ -600,6 +630,10 @@ end
 -- a proxytype, such an object's waits yield the same way behind a generic
 -- proxy (whose other methods are the object's own).
 function BaseManager.register(cls, typeid, callable, proxytype)
+  if type(cls) ~= "table" or cls._registry == nil then
+    raise("TypeError", "BaseManager:register: argument #1 (self) expected a manager or a manager class "
+      .. "(call it with ':'), got " .. type(cls))
+  end
   if rawget(cls, "__index") == nil then cls = getmetatable(cls) end  -- called on an instance
   if type(typeid) ~= "string" or typeid:sub(1, 1) == "_" or RESERVED[typeid] then
     raise("ValueError", ("register: typeid %s is not a usable name"):format(tostring(typeid)))
@@ -623,7 +657,11 @@ function BaseManager.register(cls, typeid, callable, proxytype)
     rawset(cls, "_registry", own)
   end
   own[typeid] = callable or false
-  cls[typeid] = function(self, ...) return self:_create(typeid, ...) end
+  local func = "BaseManager:" .. typeid
+  cls[typeid] = function(self, ...)
+    check_manager(self, func)
+    return self:_create(typeid, ...)
+  end
 end
 
 local function server_state(self)
@@ -664,6 +702,7 @@ local counter = 0
 -- m:start([initializer [, initargs]]): starts the server process (a daemon
 -- child, with the manager's context or the default one) and waits for its address.
 function BaseManager:start(initializer, initargs)
+  check_manager(self, "BaseManager:start")
   if self._state ~= "initial" then raise("ValueError", "start: the manager was already started or connected") end
   local ctx = self._ctx or require("multiprocessing.context").get_context()
   local r, w = connection.Pipe(false)
@@ -698,6 +737,7 @@ end
 -- connected to that address: a wrong key must fail here, not be recorded
 -- for the connections that children open later.
 function BaseManager:connect()
+  check_manager(self, "BaseManager:connect")
   if self._state ~= "initial" then raise("ValueError", "connect: the manager was already started or connected") end
   local st = server_state(self)
   local c = connection.Client(self.address, nil, self._authkey)
@@ -710,6 +750,7 @@ end
 -- m:get_server() -> a Server listening at m.address in this process; its
 -- serve_forever() serves until a client shuts it down.
 function BaseManager:get_server()
+  check_manager(self, "BaseManager:get_server")
   if self._state ~= "initial" then raise("ValueError", "get_server: the manager was already started or connected") end
   local server = server_mod.new(getmetatable(self)._registry, self.address or fresh_address(), self._authkey)
   self.address = server.address
@@ -722,6 +763,7 @@ end
 -- kills it: a server stuck in a registered object's method that blocks
 -- (see manager_server.lua) cannot make shutdown, or the script's end, hang.
 function BaseManager:shutdown()
+  check_manager(self, "BaseManager:shutdown")
   if self._state == "shutdown" then return end
   if self._state ~= "started" then raise("ValueError", "shutdown: the manager was not started by this process") end
   self._state = "shutdown"
@@ -743,12 +785,14 @@ end
 -- m:_debug_info() -> {objects, refs, clients} as the server counts them now
 -- (after a full collection there), for tests of the reference counts.
 function BaseManager:_debug_info()
+  check_manager(self, "BaseManager:_debug_info")
   if self._server == nil then raise("ValueError", "_debug_info: the manager is neither started nor connected") end
   return call(self._server, "_debug_info")
 end
 
 -- m:join([timeout]): waits for the server process to end.
 function BaseManager:join(timeout)
+  check_manager(self, "BaseManager:join")
   if self._process then self._process:join(timeout) end
 end
 
@@ -762,15 +806,53 @@ SyncManager._registry = {}
 -- The contents that m:dict(d), m:list(l) and m:Array(typecode, l) copy
 -- when given a proxy, as Python's do: the argument's position.
 local COPIED_ARG = { dict = 1, list = 1, Array = 2 }
+-- The types that also take their parameters by name, as their local
+-- equivalents do (aliases: Python's names, and mp.Value/mp.Array's).
+local NAMED = {
+  Queue = { "maxsize" },
+  JoinableQueue = { "maxsize" },
+  Semaphore = { "value" },
+  BoundedSemaphore = { "value" },
+  Condition = { "lock" },
+  Barrier = { "parties", "action", "timeout" },
+  Value = { "typecode", "value", aliases = { typecode_or_type = "typecode" } },
+  Array = { "typecode", "sequence", aliases = { typecode_or_type = "typecode", size_or_sequence = "sequence",
+                                                size_or_initializer = "sequence" } },
+}
+
+-- SyncManager[typeid]'s positional arguments, from one table of named ones.
+local function by_name(typeid, spec, t)
+  local known, aliases = {}, spec.aliases or {}
+  for i = 1, #spec do known[spec[i]] = true end
+  for alias in pairs(aliases) do known[alias] = true end
+  params.check("SyncManager:" .. typeid, t, known)
+  local args = { n = #spec }
+  for i = 1, #spec do
+    local v = t[spec[i]]
+    for alias, name in pairs(aliases) do
+      if v == nil and name == spec[i] then v = t[alias] end
+    end
+    args[i] = v
+  end
+  return args
+end
+
 for typeid in pairs(server_mod.BUILTIN) do
   SyncManager._registry[typeid] = typeid
-  local at = COPIED_ARG[typeid]
-  SyncManager[typeid] = at == nil and function(self, ...) return self:_create(typeid, ...) end
-    or function(self, ...)
-      local args = table.pack(...)
-      args[at] = plain(args[at])
-      return self:_create(typeid, unpack(args, 1, args.n))
+  local at, names, func = COPIED_ARG[typeid], NAMED[typeid], "SyncManager:" .. typeid
+  SyncManager[typeid] = function(self, ...)
+    check_manager(self, func)
+    local args
+    if names and select("#", ...) == 1 and params.named((...)) then
+      args = by_name(typeid, names, (...))
+    elseif at then
+      args = table.pack(...)
+    else
+      return self:_create(typeid, ...)
     end
+    if at then args[at] = plain(args[at]) end
+    return self:_create(typeid, unpack(args, 1, args.n))
+  end
 end
 
 -- mp.Manager() -> a started SyncManager

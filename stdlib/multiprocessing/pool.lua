@@ -20,6 +20,7 @@
 local core = require("luamp.core")
 local queues = require("multiprocessing.queues")
 local util = require("multiprocessing.util")
+local params = require("multiprocessing.params")
 local remote_error = require("multiprocessing.remote_error")
 
 local clock, dumps, loads = core.monotonic, core.dumps, core.loads
@@ -435,22 +436,24 @@ end
 
 -- Looks for replies that have come in (without waiting) first.
 function AsyncResult:ready()
-  check_result(self, "ready")
+  check_result(self, "AsyncResult:ready")
   if not self._ready then self._pool:_pump(clock()) end
   return self._ready
 end
 
 function AsyncResult:successful()
-  check_result(self, "successful")
-  if not self._ready then core.error("ValueError", "successful: the result is not ready") end
+  check_result(self, "AsyncResult:successful")
+  if not self._ready then core.error("ValueError", "AsyncResult:successful: the result is not ready") end
   return self._error == nil
 end
 
 local function wait(self, timeout, fname)
   check_result(self, fname)
+  -- A negative timeout is 0, one look, as in Python.
   if timeout ~= nil then
     if type(timeout) ~= "number" then type_error(fname, 1, "timeout", "a number or nil", timeout) end
-    if not (timeout >= 0) then core.error("ValueError", fname .. ": timeout must be a non-negative number") end
+    if timeout ~= timeout then core.error("ValueError", fname .. ": timeout must not be NaN") end
+    if timeout < 0 then timeout = 0 end
   end
   local deadline = timeout and clock() + timeout
   if not self._ready then self._pool:_pump(deadline) end
@@ -463,14 +466,14 @@ end
 
 -- Waits up to `timeout` seconds (nil: no limit); returns whether it is ready.
 function AsyncResult:wait(timeout)
-  return wait(self, timeout, "wait")
+  return wait(self, timeout, "AsyncResult:wait")
 end
 
 -- get(timeout): what the blocking form returns; TimeoutError if not ready
 -- in time; the task's error if it failed.
 function AsyncResult:get(timeout)
-  if not wait(self, timeout, "get") then
-    core.error("TimeoutError", ("get: no result within %g s"):format(timeout))
+  if not wait(self, timeout, "AsyncResult:get") then
+    core.error("TimeoutError", ("AsyncResult:get: no result within %g s"):format(timeout))
   end
   if self._error then error(self._error, 0) end
   if self._kind == "apply" then return unpack(self._results, 1, self._results.n) end
@@ -582,9 +585,12 @@ end
 -- (a lone table is named parameters only without an element at [1], as
 -- everywhere in the library)
 local function init(self, ctx, processes, initializer, initargs, maxtasks)
-  if type(processes) == "table" and processes[1] == nil then
-    local t = processes
-    processes, initializer, initargs, maxtasks = t.processes, t.initializer, t.initargs, t.maxtasksperchild
+  if params.named(processes) then
+    local context
+    processes, initializer, initargs, maxtasks, context = params.unpack("Pool", processes,
+      { "processes", "initializer", "initargs", "maxtasksperchild", "context" })
+    if context ~= nil and type(context) ~= "table" then type_error("Pool", 5, "context", "a context", context) end
+    ctx = context or ctx
   end
   if processes == nil then processes = core.cpu_count() end
   if type(processes) ~= "number" then type_error("Pool", 1, "processes", "a number", processes) end
@@ -1471,8 +1477,8 @@ end
 -- results of what was read, then raises ValueError at the first position
 -- that was not.
 function Pool:join()
-  check_pool(self, "join")
-  if self._state == RUN then core.error("ValueError", "join: close() or terminate() the pool first") end
+  check_pool(self, "Pool:join")
+  if self._state == RUN then core.error("ValueError", "Pool:join: close() or terminate() the pool first") end
   for job in pairs(self._sources) do
     if job._kind == "imap" then
       self._sources[job] = nil

@@ -11,6 +11,7 @@
 local core = require("luamp.core")
 local class = require("multiprocessing.class")
 local util = require("multiprocessing.util")
+local params = require("multiprocessing.params")
 
 local getmetatable, rawget, rawset, type, pairs, ipairs, tostring, unpack, pcall =
   getmetatable, rawget, rawset, type, pairs, ipairs, tostring, unpack, pcall
@@ -94,20 +95,12 @@ local function check_type(func, pos, what, v, want, ok)
   end
 end
 
-local function named(t)
-  return type(t) == "table" and rawget(t, 1) == nil and getmetatable(t) == nil
-end
-
-local PARAMETERS = { group = true, target = true, name = true, args = true, daemon = true }
+local PARAMETERS = { "group", "target", "name", "args", "daemon" }
 
 -- Process(group, target, name, args, daemon) or Process{target = ..., ...}
 function Process:init(group, target, name, args, daemon)
-  if named(group) then
-    local t = group
-    for k in pairs(t) do
-      if not PARAMETERS[k] then raise("TypeError", ("Process: unexpected named parameter '%s'"):format(tostring(k))) end
-    end
-    group, target, name, args, daemon = t.group, t.target, t.name, t.args, t.daemon
+  if params.named(group) then
+    group, target, name, args, daemon = params.unpack("Process", group, PARAMETERS)
   end
   check_type("Process", 1, "group", group, "nil", group == nil)
   check_type("Process", 2, "target", target, "a callable", target == nil or callable(target))

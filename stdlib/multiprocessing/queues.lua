@@ -13,6 +13,7 @@
 local ffi = require("ffi")
 local core = require("luamp.core")
 local shared = require("multiprocessing.shared")
+local params = require("multiprocessing.params")
 
 ffi.cdef[[
 struct luamp_queue_Queue { void* q; uint64_t offset; uint64_t put_seg_id, put_seen_head, get_seg_id, get_seen_tail; int32_t kind; int32_t closed; };
@@ -57,24 +58,26 @@ local function closed(method, self)
   raise("ValueError", method .. ": the queue is closed")
 end
 
-local function refused(rc, method)
+local function refused(rc, method, what)
   if rc < 0 then last_error() end
-  if method:sub(1, 3) == "put" then raise("Full", method .. ": the queue is full") end
+  if what == "put" then raise("Full", method .. ": the queue is full") end
   raise("Empty", method .. ": the queue is empty")
 end
 
--- block, timeout -> the C arguments (block 0/1, timeout in seconds, -1: none)
-local function wait_args(block, timeout, method)
+-- block, timeout (arguments #n and #n + 1 of method) -> the C arguments
+-- (block 0/1, timeout in seconds, -1: none). A negative timeout is 0, one
+-- attempt, as in Python: code passing `deadline - now` relies on it.
+local function wait_args(block, timeout, method, n)
   if block == nil or block == true then
     if timeout == nil then return 1, -1 end
     if type(timeout) ~= "number" then
-      raise("TypeError", method .. ": argument #3 (timeout) expected number or nil, got " .. type(timeout))
+      raise("TypeError", ("%s: argument #%d (timeout) expected a number or nil, got %s"):format(method, n + 1, type(timeout)))
     end
-    if not (timeout >= 0) then raise("ValueError", method .. ": timeout must be a non-negative number") end
-    return 1, timeout
+    if timeout ~= timeout then raise("ValueError", method .. ": timeout must not be NaN") end
+    return 1, timeout < 0 and 0 or timeout
   end
   if block == false then return 0, 0 end
-  raise("TypeError", method .. ": argument #2 (block) expected boolean or nil, got " .. type(block))
+  raise("TypeError", ("%s: argument #%d (block) expected a boolean or nil, got %s"):format(method, n, type(block)))
 end
 
 -- -- put / get -------------------------------------------------------------------
@@ -90,7 +93,7 @@ local function put(self, obj, block, timeout, method)
   else
     rc = put_value(self, obj, block, timeout)
   end
-  if rc ~= 1 then refused(rc, method) end
+  if rc ~= 1 then refused(rc, method, "put") end
 end
 
 local item = ffi.new("luamp_item")
@@ -112,28 +115,42 @@ end
 local function get(self, block, timeout, method)
   if type(self) ~= "cdata" or self.closed ~= 0 then closed(method, self) end
   local rc = C.luamp_queue_get(self, block, timeout, item)
-  if rc ~= 1 then refused(rc, method) end
+  if rc ~= 1 then refused(rc, method, "get") end
   return taken()
 end
 
 -- -- Methods -----------------------------------------------------------------------
 
-local SimpleQueue = {}
+-- The methods of one kind of queue; messages name it ("Queue:get").
+local function simple_methods(kind)
+  local m = {}
+  local PUT, GET, EMPTY, CLOSE = kind .. ":put", kind .. ":get", kind .. ":empty", kind .. ":close"
 
-function SimpleQueue:put(obj)
-  put(self, obj, 1, -1, "put")
+  function m:put(obj)
+    put(self, obj, 1, -1, PUT)
+  end
+
+  function m:get()
+    return get(self, 1, -1, GET)
+  end
+
+  function m:empty()
+    if type(self) ~= "cdata" or self.closed ~= 0 then closed(EMPTY, self) end
+    local rc = C.luamp_queue_empty(self)
+    if rc < 0 then last_error() end
+    return rc == 1
+  end
+
+  -- Closes this process's handle only; harmless twice.
+  function m:close()
+    if type(self) ~= "cdata" then not_a_queue(CLOSE, self) end
+    self.closed = 1
+  end
+
+  return m
 end
 
-function SimpleQueue:get()
-  return get(self, 1, -1, "get")
-end
-
-function SimpleQueue:empty()
-  if type(self) ~= "cdata" or self.closed ~= 0 then closed("empty", self) end
-  local rc = C.luamp_queue_empty(self)
-  if rc < 0 then last_error() end
-  return rc == 1
-end
+local SimpleQueue = simple_methods("SimpleQueue")
 
 -- For the pool: true and an item, or false when none came within
 -- `timeout` seconds; no Empty error to catch on the hot path.
@@ -149,67 +166,71 @@ function SimpleQueue:_qsize()
   return C.luamp_queue_size(self)
 end
 
--- Closes this process's handle only; harmless twice.
-function SimpleQueue:close()
-  if type(self) ~= "cdata" then not_a_queue("close", self) end
-  self.closed = 1
+local function queue_methods(kind)
+  local m = simple_methods(kind)
+  local PUT, GET = kind .. ":put", kind .. ":get"
+  local PUT_NOWAIT, GET_NOWAIT = kind .. ":put_nowait", kind .. ":get_nowait"
+  local QSIZE, FULL = kind .. ":qsize", kind .. ":full"
+  local JOIN_THREAD, CANCEL_JOIN_THREAD = kind .. ":join_thread", kind .. ":cancel_join_thread"
+
+  function m:put(obj, block, timeout)
+    if block == nil and timeout == nil then return put(self, obj, 1, -1, PUT) end
+    local b, t = wait_args(block, timeout, PUT, 2)
+    put(self, obj, b, t, PUT)
+  end
+
+  function m:get(block, timeout)
+    if block == nil and timeout == nil then return get(self, 1, -1, GET) end
+    local b, t = wait_args(block, timeout, GET, 1)
+    return get(self, b, t, GET)
+  end
+
+  function m:put_nowait(obj)
+    put(self, obj, 0, 0, PUT_NOWAIT)
+  end
+
+  function m:get_nowait()
+    return get(self, 0, 0, GET_NOWAIT)
+  end
+
+  function m:qsize()
+    if type(self) ~= "cdata" or self.closed ~= 0 then closed(QSIZE, self) end
+    return C.luamp_queue_size(self)
+  end
+
+  function m:full()
+    if type(self) ~= "cdata" or self.closed ~= 0 then closed(FULL, self) end
+    local maxsize = self:_maxsize()
+    return maxsize > 0 and C.luamp_queue_size(self) >= maxsize
+  end
+
+  -- Python's Queue has these for its feeder thread; luamp has none, so
+  -- there is nothing to wait for or to cancel.
+  function m:join_thread()
+    if type(self) ~= "cdata" then not_a_queue(JOIN_THREAD, self) end
+    if self.closed == 0 then raise("AssertionError", JOIN_THREAD .. ": the queue must be closed first") end
+  end
+
+  function m:cancel_join_thread()
+    if type(self) ~= "cdata" then not_a_queue(CANCEL_JOIN_THREAD, self) end
+  end
+
+  return m
 end
 
-local Queue = { empty = SimpleQueue.empty, close = SimpleQueue.close }
-
-function Queue:put(obj, block, timeout)
-  local b, t = wait_args(block, timeout, "put")
-  put(self, obj, b, t, "put")
-end
-
-function Queue:get(block, timeout)
-  local b, t = wait_args(block, timeout, "get")
-  return get(self, b, t, "get")
-end
-
-function Queue:put_nowait(obj)
-  put(self, obj, 0, 0, "put_nowait")
-end
-
-function Queue:get_nowait()
-  return get(self, 0, 0, "get_nowait")
-end
-
-function Queue:qsize()
-  if type(self) ~= "cdata" or self.closed ~= 0 then closed("qsize", self) end
-  return C.luamp_queue_size(self)
-end
-
-function Queue:full()
-  if type(self) ~= "cdata" or self.closed ~= 0 then closed("full", self) end
-  local maxsize = self:_maxsize()
-  return maxsize > 0 and C.luamp_queue_size(self) >= maxsize
-end
-
--- Python's Queue has these for its feeder thread; luamp has none, so there
--- is nothing to wait for or to cancel.
-function Queue:join_thread()
-  if type(self) ~= "cdata" then not_a_queue("join_thread", self) end
-  if self.closed == 0 then raise("AssertionError", "join_thread: the queue must be closed first") end
-end
-
-function Queue:cancel_join_thread()
-  if type(self) ~= "cdata" then not_a_queue("cancel_join_thread", self) end
-end
-
-local JoinableQueue = {}
-for k, v in pairs(Queue) do JoinableQueue[k] = v end
+local Queue = queue_methods("Queue")
+local JoinableQueue = queue_methods("JoinableQueue")
 
 function JoinableQueue:task_done()
-  if type(self) ~= "cdata" or self.closed ~= 0 then closed("task_done", self) end
+  if type(self) ~= "cdata" or self.closed ~= 0 then closed("JoinableQueue:task_done", self) end
   local rc = C.luamp_queue_task_done(self)
   if rc < 0 then last_error() end
-  if rc == 0 then raise("ValueError", "task_done: called too many times (more than items put)") end
+  if rc == 0 then raise("ValueError", "JoinableQueue:task_done: called too many times (more than items put)") end
 end
 
 -- Waits until every item put has been marked done.
 function JoinableQueue:join()
-  if type(self) ~= "cdata" or self.closed ~= 0 then closed("join", self) end
+  if type(self) ~= "cdata" or self.closed ~= 0 then closed("JoinableQueue:join", self) end
   if C.luamp_queue_join(self) < 0 then last_error() end
 end
 
@@ -253,8 +274,13 @@ local function new(kind, maxsize)
   return q
 end
 
+local QUEUE_PARAMETERS = { maxsize = true }
+
 local function check_maxsize(maxsize, fname)
-  if type(maxsize) == "table" and maxsize[1] == nil then maxsize = maxsize.maxsize end
+  if params.named(maxsize) then
+    params.check(fname, maxsize, QUEUE_PARAMETERS)
+    maxsize = maxsize.maxsize
+  end
   if maxsize ~= nil and type(maxsize) ~= "number" then
     raise("TypeError", ("%s: argument #1 (maxsize) expected a number or nil, got %s"):format(fname, type(maxsize)))
   end
@@ -264,12 +290,12 @@ local function check_maxsize(maxsize, fname)
   return maxsize or 0
 end
 
--- mp.Queue(maxsize): maxsize 0 or nil is unbounded.
+-- mp.Queue([maxsize]) or mp.Queue{maxsize = ...}: maxsize 0 or nil is unbounded.
 function M.Queue(maxsize)
   return new("Queue", check_maxsize(maxsize, "Queue"))
 end
 
--- mp.JoinableQueue(maxsize): a Queue with task_done() and join().
+-- mp.JoinableQueue([maxsize]): a Queue with task_done() and join().
 function M.JoinableQueue(maxsize)
   return new("JoinableQueue", check_maxsize(maxsize, "JoinableQueue"))
 end

@@ -13,15 +13,25 @@
 local core = require("luamp.core")
 local ffi = require("ffi")
 local shared = require("multiprocessing.shared")
+local params = require("multiprocessing.params")
 
 local raise = core.error
-local type, setmetatable, rawget, tostring = type, setmetatable, rawget, tostring
+local type, setmetatable, getmetatable, rawget, tostring = type, setmetatable, getmetatable, rawget, tostring
 
 local M = {}
 
 local SharedMemory = {}
+local SharedMemoryMT = { __index = SharedMemory }
+
+local function check_self(self, method)
+  if getmetatable(self) ~= SharedMemoryMT then
+    raise("TypeError", ("SharedMemory:%s: argument #1 (self) expected a SharedMemory (call it with ':'), got %s")
+      :format(method, type(self)))
+  end
+end
 
 local function check_open(self, method)
+  check_self(self, method)
   if rawget(self, "_closed") then raise("ValueError", ("SharedMemory:%s: the segment is closed"):format(method)) end
 end
 
@@ -64,15 +74,16 @@ end
 
 -- SharedMemory:close(): this object's access ends (the segment stays)
 function SharedMemory:close()
+  check_self(self, "close")
   self._closed, self.buf = true, nil
 end
 
 -- SharedMemory:unlink(): the name goes; attached objects keep working
 function SharedMemory:unlink()
+  check_self(self, "unlink")
   core.shm_unlink_named(self.name)
 end
 
-local SharedMemoryMT = { __index = SharedMemory }
 SharedMemoryMT.__tostring = function(self)
   return ("SharedMemory(%q, size=%d)"):format(self.name, self.size)
 end
@@ -91,9 +102,7 @@ end
 
 -- SharedMemory(name, create, size) or SharedMemory{name = ..., create = ..., size = ...}
 function M.SharedMemory(name, create, size)
-  if type(name) == "table" and rawget(name, 1) == nil then
-    name, create, size = name.name, name.create, name.size
-  end
+  if params.named(name) then name, create, size = params.unpack("SharedMemory", name, { "name", "create", "size" }) end
   if name ~= nil and type(name) ~= "string" then
     raise("TypeError", "SharedMemory: name must be a string, got " .. type(name))
   end

@@ -15,10 +15,12 @@ local ffi = require("ffi")
 local core = require("luamp.core")
 local shared = require("multiprocessing.shared")
 local synchronize = require("multiprocessing.synchronize")
+local params = require("multiprocessing.params")
 
 local C = shared.C
 local raise = core.error
-local type, floor, tonumber, tostring, rawget = type, math.floor, tonumber, tostring, rawget
+local type, floor, tonumber, tostring = type, math.floor, tonumber, tostring
+local istype = ffi.istype
 local band, char = bit.band, string.char
 
 local M = {}
@@ -157,10 +159,23 @@ local function release(kind, p)
   if kind == RLOCK then C.luamp_rlock_release(p) else C.luamp_lock_release(p) end
 end
 
+-- A method's check that `self` is a `name` of ctype `ct`: a method called
+-- with '.' would otherwise read its first argument as the object.
+local function self_checker(name, ct)
+  local what = (name:match("^[AEIOU]") and "an " or "a ") .. name
+  return function(self, method)
+    if not istype(ct, self) then
+      raise("TypeError", ("%s:%s: argument #1 (self) expected %s (call it with ':'), got %s")
+        :format(name, method, what, type(self)))
+    end
+  end
+end
+
 -- Methods shared by Value and Array. acquire/release/with call the lock
 -- directly: no Lock object is made for them.
-local function add_lock_methods(methods, name)
+local function add_lock_methods(methods, name, check_self)
   local function check_locked(self, method)
+    check_self(self, method)
     if self.lockkind == NO_LOCK then raise("ValueError", ("%s:%s: made without a lock"):format(name, method)) end
   end
   function methods.get_lock(self)
@@ -186,7 +201,10 @@ local function add_lock_methods(methods, name)
       raise("ValueError", name .. ":release: the lock is not acquired")
     end
   end
-  methods.with = synchronize.with
+  function methods.with(self, ...)
+    check_locked(self, "with")
+    return synchronize.with(self, ...)
+  end
 end
 
 -- -- Value ---------------------------------------------------------------------------
@@ -202,7 +220,7 @@ local function value_type(typecode)
   ct = ffi.typeof("struct " .. name)
   local convert, read = converter(typecode, t), reader(t)
   local methods = { typecode = typecode }
-  add_lock_methods(methods, "Value")
+  add_lock_methods(methods, "Value", self_checker("Value", ct))
   local function get(self)
     local kind = self.lockkind
     if kind == NO_LOCK then
@@ -251,21 +269,28 @@ local function make_value(func, typecode, value, kind, lock)
   return ct(p, lock and lock.p or nil, kind)
 end
 
--- A lone table without [1] holds named parameters.
-local function named(t)
-  return type(t) == "table" and rawget(t, 1) == nil
+local VALUE_NAMES = { typecode = true, typecode_or_type = true, value = true, lock = true }
+local RAW_VALUE_NAMES = { typecode = true, typecode_or_type = true, value = true }
+
+-- Named parameters also go by Python's names: typecode_or_type for
+-- typecode, size_or_initializer for size_or_sequence.
+local function value_params(func, t, known)
+  params.check(func, t, known)
+  local typecode = t.typecode
+  if typecode == nil then typecode = t.typecode_or_type end
+  return typecode, t.value, t.lock
 end
 
 -- mp.Value(typecode [, value [, lock]]) or mp.Value{typecode = ..., value = ..., lock = ...}
 function M.Value(typecode, value, lock)
-  if named(typecode) then typecode, value, lock = typecode.typecode, typecode.value, typecode.lock end
+  if params.named(typecode) then typecode, value, lock = value_params("Value", typecode, VALUE_NAMES) end
   local kind, lockobj = lock_kind("Value", lock)
   return make_value("Value", typecode, value, kind, lockobj)
 end
 
 -- mp.RawValue(typecode [, value]) or mp.RawValue{typecode = ..., value = ...}
 function M.RawValue(typecode, value)
-  if named(typecode) then typecode, value = typecode.typecode, typecode.value end
+  if params.named(typecode) then typecode, value = value_params("RawValue", typecode, RAW_VALUE_NAMES) end
   return make_value("RawValue", typecode, value, NO_LOCK, nil)
 end
 
@@ -298,12 +323,17 @@ local function array_type(typecode)
   ct = ffi.typeof("struct " .. name)
   local convert, read = converter(typecode, t), reader(t)
   local methods = { typecode = typecode }
-  add_lock_methods(methods, "Array")
+  local check_self = self_checker("Array", ct)
+  add_lock_methods(methods, "Array", check_self)
 
-  function methods.ptr(self) return self.p end
+  function methods.ptr(self)
+    check_self(self, "ptr")
+    return self.p
+  end
 
   -- Array:totable([i [, j]]) -> the values a[i..j] (inclusive) in a new table
   function methods.totable(self, i, j)
+    check_self(self, "totable")
     local n = self.n
     i, j = i or 1, j or n
     check_integer("Array:totable", 1, "i", i)
@@ -437,24 +467,31 @@ local function make_array(func, typecode, init, kind, lock)
   return ct(p, n, kind, lock and lock.p or nil)
 end
 
+local ARRAY_NAMES = { typecode = true, typecode_or_type = true, size_or_sequence = true,
+                      size_or_initializer = true, lock = true }
+local RAW_ARRAY_NAMES = { typecode = true, typecode_or_type = true, size_or_sequence = true,
+                          size_or_initializer = true }
+
+local function array_params(func, t, known)
+  params.check(func, t, known)
+  local typecode, init = t.typecode, t.size_or_sequence
+  if typecode == nil then typecode = t.typecode_or_type end
+  if init == nil then init = t.size_or_initializer end
+  return typecode, init, t.lock
+end
+
 -- mp.Array(typecode, size_or_sequence [, lock]) or
 -- mp.Array{typecode = ..., size_or_sequence = ..., lock = ...} (also under
--- Python's name, size_or_initializer)
+-- Python's names, typecode_or_type and size_or_initializer)
 function M.Array(typecode, init, lock)
-  if named(typecode) then
-    local t = typecode
-    typecode, init, lock = t.typecode, t.size_or_sequence or t.size_or_initializer, t.lock
-  end
+  if params.named(typecode) then typecode, init, lock = array_params("Array", typecode, ARRAY_NAMES) end
   local kind, lockobj = lock_kind("Array", lock)
   return make_array("Array", typecode, init, kind, lockobj)
 end
 
 -- mp.RawArray(typecode, size_or_sequence) or mp.RawArray{typecode = ..., size_or_sequence = ...}
 function M.RawArray(typecode, init)
-  if named(typecode) then
-    local t = typecode
-    typecode, init = t.typecode, t.size_or_sequence or t.size_or_initializer
-  end
+  if params.named(typecode) then typecode, init = array_params("RawArray", typecode, RAW_ARRAY_NAMES) end
   return make_array("RawArray", typecode, init, NO_LOCK, nil)
 end
 

@@ -13,6 +13,7 @@ local ffi = require("ffi")
 local core = require("luamp.core")
 local shared = require("multiprocessing.shared")
 local util = require("multiprocessing.util")
+local params = require("multiprocessing.params")
 
 local C = shared.C
 local raise = core.error
@@ -50,19 +51,21 @@ local function is_rlock(v) return istype(RLockT, v) end
 local function is_semaphore(v) return istype(SemaphoreT, v) or istype(BoundedSemaphoreT, v) end
 local function is_event(v) return istype(EventT, v) end
 
--- timeout: nil -> -1 (no limit); otherwise a non-negative number.
-local function check_timeout(func, timeout)
+-- timeout (argument #n of func): nil -> -1 (no limit). A negative one is 0,
+-- one attempt, as in Python: code passing `deadline - now` relies on it.
+local function check_timeout(func, n, timeout)
   if timeout == nil then return -1 end
   if type(timeout) ~= "number" then
-    raise("TypeError", ("%s: timeout must be a number or nil, got %s"):format(func, type(timeout)))
+    raise("TypeError", ("%s: argument #%d (timeout) expected a number or nil, got %s"):format(func, n, type(timeout)))
   end
-  if not (timeout >= 0) then raise("ValueError", func .. ": timeout must be non-negative") end
-  return timeout
+  if timeout ~= timeout then raise("ValueError", func .. ": timeout must not be NaN") end
+  return timeout < 0 and 0 or timeout
 end
+M.check_timeout = check_timeout
 
 local function check_block(func, block)
   if block ~= nil and type(block) ~= "boolean" then
-    raise("TypeError", ("%s: block must be a boolean, got %s"):format(func, type(block)))
+    raise("TypeError", ("%s: argument #1 (block) expected a boolean or nil, got %s"):format(func, type(block)))
   end
   return block == false and 0 or 1
 end
@@ -114,7 +117,7 @@ local function acquirer(kind, what, is_self, acquire)
   return function(self, block, timeout)
     if not is_self(self) then not_self(func, what, self) end
     if block == nil and timeout == nil then return acquire(self.p, 1, -1) == 1 end
-    return acquire(self.p, check_block(func, block), check_timeout(func, timeout)) == 1
+    return acquire(self.p, check_block(func, block), check_timeout(func, 2, timeout)) == 1
   end
 end
 
@@ -142,20 +145,25 @@ end
 
 -- -- Semaphores ------------------------------------------------------------------------------
 
-local Semaphore = { with = wither("Semaphore", "a Semaphore", is_semaphore),
-                    acquire = acquirer("Semaphore", "a Semaphore", is_semaphore, C.luamp_sem_acquire) }
-
-function Semaphore:release()
-  if not is_semaphore(self) then not_self("Semaphore:release", "a Semaphore", self) end
-  local r = C.luamp_sem_release(self.p)
-  if r == shared.ENOTLOCKED then raise("ValueError", "BoundedSemaphore:release: released too many times") end
-  if r ~= 1 then raise("ValueError", "Semaphore:release: the counter would overflow") end
+-- One method table per kind, so that messages name the caller's class.
+local function semaphore_methods(kind, what)
+  local methods = { with = wither(kind, what, is_semaphore),
+                    acquire = acquirer(kind, what, is_semaphore, C.luamp_sem_acquire) }
+  function methods:release()
+    if not is_semaphore(self) then not_self(kind .. ":release", what, self) end
+    local r = C.luamp_sem_release(self.p)
+    if r == shared.ENOTLOCKED then raise("ValueError", kind .. ":release: released too many times") end
+    if r ~= 1 then raise("ValueError", kind .. ":release: the counter would overflow") end
+  end
+  function methods:get_value()
+    if not is_semaphore(self) then not_self(kind .. ":get_value", what, self) end
+    return C.luamp_sem_value(self.p)
+  end
+  return methods
 end
 
-function Semaphore:get_value()
-  if not is_semaphore(self) then not_self("Semaphore:get_value", "a Semaphore", self) end
-  return C.luamp_sem_value(self.p)
-end
+local Semaphore = semaphore_methods("Semaphore", "a Semaphore")
+local BoundedSemaphore = semaphore_methods("BoundedSemaphore", "a BoundedSemaphore")
 
 -- -- Event -------------------------------------------------------------------------------------
 
@@ -179,7 +187,7 @@ end
 -- Event:wait([timeout]) -> whether the event is set
 function Event:wait(timeout)
   if not is_event(self) then not_self("Event:wait", "an Event", self) end
-  return C.luamp_event_wait(self.p, check_timeout("Event:wait", timeout)) == 1
+  return C.luamp_event_wait(self.p, check_timeout("Event:wait", 1, timeout)) == 1
 end
 
 -- -- The cdata types -----------------------------------------------------------------------------
@@ -211,7 +219,7 @@ end
 define("Lock", LockT, Lock, true)
 define("RLock", RLockT, RLock, true)
 define("Semaphore", SemaphoreT, Semaphore)
-define("BoundedSemaphore", BoundedSemaphoreT, Semaphore)
+define("BoundedSemaphore", BoundedSemaphoreT, BoundedSemaphore)
 define("Event", EventT, Event)
 
 local function new(ct, init, ...)
@@ -224,7 +232,14 @@ function M.Lock() return new(LockT, C.luamp_lock_init) end
 function M.RLock() return new(RLockT, C.luamp_rlock_init) end
 function M.Event() return new(EventT, C.luamp_event_init) end
 
+local SEMAPHORE_PARAMETERS = { value = true }
+
+-- value, or a table of named parameters holding it
 local function check_count(func, value)
+  if params.named(value) then
+    params.check(func, value, SEMAPHORE_PARAMETERS)
+    value = value.value
+  end
   if value == nil then return 1 end
   if type(value) ~= "number" or value ~= math.floor(value) then
     raise("TypeError", ("%s: argument #1 (value) expected an integer, got %s"):format(func, type(value)))
@@ -233,13 +248,15 @@ local function check_count(func, value)
   return value
 end
 
+-- mp.Semaphore([value]) or mp.Semaphore{value = ...}
 function M.Semaphore(value)
-  return new(SemaphoreT, C.luamp_sem_init, check_count("Semaphore", value), 0)
+  return new(SemaphoreT, C.luamp_sem_init, check_count("Semaphore", value), 0xffffffff)  -- no maximum
 end
 
+-- mp.BoundedSemaphore([value]) or mp.BoundedSemaphore{value = ...}; as in
+-- Python, value 0 is allowed (nothing to acquire until a release).
 function M.BoundedSemaphore(value)
   value = check_count("BoundedSemaphore", value)
-  if value == 0 then raise("ValueError", "BoundedSemaphore: value must be at least 1") end
   return new(BoundedSemaphoreT, C.luamp_sem_init, value, value)
 end
 
@@ -287,7 +304,7 @@ Condition.with = wither("Condition", "a Condition", is_condition)
 function Condition:wait(timeout)
   check_condition("Condition:wait", self)
   local kind = istype(RLockT, self._lock) and 1 or 0
-  local r = C.luamp_cond_wait(self._cond, self._lock.p, kind, check_timeout("Condition:wait", timeout))
+  local r = C.luamp_cond_wait(self._cond, self._lock.p, kind, check_timeout("Condition:wait", 1, timeout))
   if r == shared.EOVERFLOW then raise("RuntimeError", "Condition:wait: too many waiters (65535)") end
   if r < 0 then raise("AssertionError", "Condition:wait: cannot wait on an un-acquired lock") end
   return r == 1
@@ -299,7 +316,7 @@ local function wait_for(self, predicate, timeout)
   if not callable(predicate) then
     raise("TypeError", "Condition:wait_for: argument #1 (predicate) expected a function, got " .. type(predicate))
   end
-  local deadline = timeout and core.monotonic() + check_timeout("Condition:wait_for", timeout)
+  local deadline = timeout and core.monotonic() + check_timeout("Condition:wait_for", 2, timeout)
   local result = predicate()
   while not result do
     local left
@@ -349,14 +366,10 @@ Condition.__mp_reduce = shared.register_table("Condition",
     return setmetatable({ _cond = shared.at(payload.offset, shared.SYNC_SIZE), _lock = payload.lock }, Condition)
   end)
 
-local function named(t)
-  return type(t) == "table" and rawget(t, 1) == nil and getmetatable(t) == nil
-end
-
 -- mp.Condition([lock]) or mp.Condition{lock = ...}: lock is a Lock or RLock;
 -- a new RLock by default
 function M.Condition(lock)
-  if named(lock) then lock = lock.lock end
+  if params.named(lock) then lock = params.unpack("Condition", lock, { "lock" }) end
   if lock == nil then lock = M.RLock() end
   check_lock("Condition", lock)
   local cond = shared.alloc(shared.SYNC_SIZE)
@@ -396,7 +409,7 @@ function Barrier:wait(timeout)
   check_barrier("Barrier:wait", self)
   if timeout == nil then timeout = self._timeout end
   local index = ffi.new("int[1]")
-  local r = C.luamp_barrier_wait(self._b, check_timeout("Barrier:wait", timeout), index)
+  local r = C.luamp_barrier_wait(self._b, check_timeout("Barrier:wait", 1, timeout), index)
   if r == shared.BARRIER_ACTION then
     if self._action then return run_action(self, index[0]) end
     C.luamp_barrier_finish(self._b, 1)
@@ -425,9 +438,8 @@ BarrierMT.__mp_reduce = shared.register_table("Barrier",
 
 -- mp.Barrier(parties [, action [, timeout]]) or mp.Barrier{parties = ..., action = ..., timeout = ...}
 function M.Barrier(parties, action, timeout)
-  if named(parties) then
-    local t = parties
-    parties, action, timeout = t.parties, t.action, t.timeout
+  if params.named(parties) then
+    parties, action, timeout = params.unpack("Barrier", parties, { "parties", "action", "timeout" })
   end
   if type(parties) ~= "number" or parties ~= math.floor(parties) then
     raise("TypeError", "Barrier: argument #1 (parties) expected an integer, got " .. type(parties))
@@ -436,7 +448,7 @@ function M.Barrier(parties, action, timeout)
   if action ~= nil and type(action) ~= "function" then
     raise("TypeError", "Barrier: argument #2 (action) expected a function, got " .. type(action))
   end
-  if timeout ~= nil then check_timeout("Barrier", timeout) end
+  if timeout ~= nil then check_timeout("Barrier", 3, timeout) end
   local b = shared.alloc(shared.SYNC_SIZE)
   C.luamp_barrier_init(b, parties)
   return setmetatable({ _b = b, _action = action, _timeout = timeout }, BarrierMT)

@@ -255,7 +255,8 @@ do
   local r = pool:apply_async(square, { 4 })
   T.checkerr("TypeError", "timeout", r.get, r, "5")
   T.checkerr("TypeError", "timeout", r.wait, r, "5")
-  T.checkerr("ValueError", "timeout", r.get, r, -1)
+  T.checkerr("ValueError", "NaN", r.get, r, 0 / 0)
+  T.checkerr("TypeError", "AsyncResult:get: argument #1 (timeout)", r.get, r, "5")
   T.checkerr("ValueError", "timeout", r.wait, r, 0 / 0)
   T.eq(r:get(10), 16, "get after bad timeouts")
   for _, name in ipairs({ "map", "imap", "imap_unordered", "starmap", "map_async", "starmap_async",

@@ -242,7 +242,8 @@ do
   T.checkerr("AssertionError", "started", p.terminate, p)
   p:start()
   T.checkerr("ValueError", "twice", p.start, p)
-  T.checkerr("ValueError", "timeout", p.join, p, -1)
+  T.checkerr("ValueError", "NaN", p.join, p, 0 / 0)
+  T.eq(p:join(-1), nil, "a negative timeout is 0, as in Python")
   T.checkerr("TypeError", nil, p.join, p, "soon")
   p:join()
 end

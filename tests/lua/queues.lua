@@ -102,7 +102,17 @@ do
   local q = mp.Queue{ maxsize = 2 }
   T.check(tostring(q):find("maxsize=2", 1, true), "named maxsize")
   T.checkerr("TypeError", "block", q.get, q, "no")
-  T.checkerr("ValueError", "timeout", q.get, q, true, -1)
+  T.checkerr("ValueError", "NaN", q.get, q, true, 0 / 0)
+  T.checkerr("TypeError", "Queue:get: argument #1 (block)", q.get, q, "no")
+  T.checkerr("TypeError", "Queue:get: argument #2 (timeout)", q.get, q, true, "1")
+  T.checkerr("TypeError", "Queue:put: argument #2 (block)", q.put, q, 1, "no")
+  T.checkerr("TypeError", "Queue:put: argument #3 (timeout)", q.put, q, 1, true, "1")
+  T.checkerr("TypeError", "unexpected named parameter 'maxsiz'", mp.Queue, { maxsiz = 2 })
+  T.checkerr("TypeError", "unexpected named parameter 'maxsiz'", mp.JoinableQueue, { maxsiz = 2 })
+  local jq = mp.JoinableQueue{ maxsize = 1 }
+  jq:put(1)
+  T.check(jq:full(), "JoinableQueue{maxsize = 1}")
+  T.checkerr("Empty", "JoinableQueue:get_nowait", mp.JoinableQueue().get_nowait, mp.JoinableQueue())
   T.checkerr("TypeError", "self", q.get)
   local e = T.checkerr("SerializationError", "item", q.put, q, { co = coroutine.create(print) })
   T.check(e.message:find("item.co", 1, true), "the path names the field: " .. e.message)

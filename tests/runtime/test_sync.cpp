@@ -337,14 +337,14 @@ TEST_CASE("sync: BoundedSemaphore refuses over-release") {
   CHECK(luamp_sem_release(s) == LUAMP_ENOTLOCKED);
   CHECK(luamp_sem_value(s) == 2);
 
-  luamp_sem_init(s, 0x7fffffff, 0);  // unbounded, at the top of int
+  luamp_sem_init(s, 0x7fffffff, UINT32_MAX);  // unbounded, at the top of int
   CHECK(luamp_sem_release(s) == LUAMP_EOVERFLOW);
 }
 
 TEST_CASE("sync: Semaphore timed acquire honours its timeout") {
   Shared m;
   void* s = m.slot(0);
-  luamp_sem_init(s, 0, 0);
+  luamp_sem_init(s, 0, UINT32_MAX);
   double took;
   CHECK(timed(&took, [&] { return luamp_sem_acquire(s, 1, 0.1); }) == LUAMP_TIMEOUT);
   CHECK(took >= 0.099);
@@ -355,7 +355,7 @@ TEST_CASE("sync: Semaphore timed acquire honours its timeout") {
 TEST_CASE("sync: Semaphore hands out every unit to waiting processes") {
   Shared m;
   void* s = m.slot(0);
-  luamp_sem_init(s, 0, 0);
+  luamp_sem_init(s, 0, UINT32_MAX);
   pid_t pids[3];
   for (pid_t& p : pids)
     p = start([&] {
@@ -376,7 +376,7 @@ TEST_CASE("sync: Semaphore(2) lets at most 2 processes in") {
   void* s = m.slot(0);
   long* inside = m.word(0);
   long* most = m.word(1);
-  luamp_sem_init(s, 2, 0);
+  luamp_sem_init(s, 2, UINT32_MAX);
   pid_t pids[4];
   for (pid_t& p : pids)
     p = start([&] {

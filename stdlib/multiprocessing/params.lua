@@ -1,0 +1,39 @@
+-- multiprocessing.params — named parameters (SPEC "Calling conventions"):
+-- a constructor with several optional parameters also takes one table of
+-- them, `mp.Queue{maxsize = 3}`. A lone table is read that way only when it
+-- has no element at [1] and no metatable (a sequence, an address or an
+-- object is a positional argument), and a key the constructor does not
+-- know is a TypeError, as Python's unexpected keyword argument is: a
+-- misspelt name must not silently become a default.
+local core = require("luamp.core")
+
+local type, rawget, getmetatable, pairs, tostring = type, rawget, getmetatable, pairs, tostring
+
+local M = {}
+
+-- True when `t` is a table of named parameters.
+function M.named(t)
+  return type(t) == "table" and rawget(t, 1) == nil and getmetatable(t) == nil
+end
+
+-- Raises TypeError naming `func` unless every key of `t` is in `known`
+-- (a set: name -> true).
+function M.check(func, t, known)
+  for k in pairs(t) do
+    if not known[k] then
+      core.error("TypeError", ("%s: unexpected named parameter '%s'"):format(func, tostring(k)))
+    end
+  end
+end
+
+-- `t`'s values for the names in `order` (a list), after checking its keys.
+function M.unpack(func, t, order)
+  local known = {}
+  for i = 1, #order do known[order[i]] = true end
+  M.check(func, t, known)
+  local values = {}
+  for i = 1, #order do values[i] = t[order[i]] end
+  return unpack(values, 1, #order)
+end
+
+return M
