@@ -78,8 +78,7 @@ end
 -- byte `offset`; BufferTooShort (the message in err.value) when they do not fit
 function methods.recv_bytes_into(self, buffer, offset)
   if not is_connection(self) then
-    raise("TypeError", "Connection:recv_bytes_into: argument #1 (self) expected a Connection (call it with ':'), got "
-      .. type(self))
+    params.not_self("Connection:recv_bytes_into", "a Connection", self)
   end
   local ptr, size = buffer_span(buffer)
   offset = offset or 0
@@ -300,8 +299,7 @@ end
 
 local function check_listener(self, method)
   if getmetatable(self) ~= Listener then
-    raise("TypeError", ("Listener:%s: argument #1 (self) expected a Listener (call it with ':'), got %s")
-      :format(method, type(self)))
+    params.not_self("Listener:" .. method, "a Listener", self)
   end
 end
 

@@ -317,8 +317,7 @@ end
 local function self_state(self, method)
   local st = states[self]
   if st == nil then
-    raise("TypeError", ("%s: argument #1 (self) expected a manager proxy (call it with ':'), got %s")
-      :format(method, type(self)))
+    params.not_self(method, "a manager proxy", self)
   end
   return st
 end
@@ -603,8 +602,7 @@ local RESERVED = { init = true, start = true, connect = true, shutdown = true, g
 -- first argument for the manager.
 local function check_manager(self, func)
   if not class.isinstance(self, BaseManager) then
-    raise("TypeError", ("%s: argument #1 (self) expected a manager (call it with ':'), got %s")
-      :format(func, type(self)))
+    params.not_self(func, "a manager", self)
   end
 end
 
@@ -631,8 +629,7 @@ end
 -- proxy (whose other methods are the object's own).
 function BaseManager.register(cls, typeid, callable, proxytype)
   if type(cls) ~= "table" or cls._registry == nil then
-    raise("TypeError", "BaseManager:register: argument #1 (self) expected a manager or a manager class "
-      .. "(call it with ':'), got " .. type(cls))
+    params.not_self("BaseManager:register", "a manager or a manager class", cls)
   end
   if rawget(cls, "__index") == nil then cls = getmetatable(cls) end  -- called on an instance
   if type(typeid) ~= "string" or typeid:sub(1, 1) == "_" or RESERVED[typeid] then

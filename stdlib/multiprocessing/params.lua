@@ -26,6 +26,14 @@ function M.check(func, t, known)
   end
 end
 
+-- Raises the TypeError of a method called on something that is not its
+-- object (`obj.method(...)` instead of `obj:method(...)`, most likely):
+-- `func` is "Class:method", `expected` what self should be ("a Queue").
+function M.not_self(func, expected, self)
+  core.error("TypeError", ("%s: argument #1 (self) expected %s (call it with ':'), got %s")
+    :format(func, expected, type(self)))
+end
+
 -- `t`'s values for the names in `order` (a list), after checking its keys.
 function M.unpack(func, t, order)
   local known = {}

@@ -430,7 +430,7 @@ end
 
 local function check_result(self, fname)
   if getmetatable(self) ~= AsyncResult then
-    type_error(fname, 1, "self", "an AsyncResult (call it with ':')", self)
+    params.not_self(fname, "an AsyncResult", self)
   end
 end
 
@@ -821,7 +821,7 @@ function Pool:_forget_dead_funcs()
 end
 
 local function check_pool(self, fname)
-  if getmetatable(self) ~= Pool then type_error(fname, 1, "self", "a Pool (call it with ':')", self) end
+  if getmetatable(self) ~= Pool then params.not_self(fname, "a Pool", self) end
 end
 
 -- Every submit starts here. Replies already in are handled (callbacks

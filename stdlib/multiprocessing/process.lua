@@ -124,7 +124,7 @@ end
 
 local function check_self(self, method)
   if type(self) ~= "table" then
-    raise("TypeError", ("Process:%s: argument #1 (self) expected a Process (call it with ':'), got %s"):format(method, type(self)))
+    params.not_self("Process:" .. method, "a Process", self)
   end
 end
 

@@ -50,7 +50,7 @@ local function last_error()
 end
 
 local function not_a_queue(method, self)
-  raise("TypeError", method .. ": argument #1 (self) expected a queue (call it with ':'), got " .. type(self))
+  params.not_self(method, "a queue", self)
 end
 
 local function closed(method, self)

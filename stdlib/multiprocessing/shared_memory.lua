@@ -25,8 +25,7 @@ local SharedMemoryMT = { __index = SharedMemory }
 
 local function check_self(self, method)
   if getmetatable(self) ~= SharedMemoryMT then
-    raise("TypeError", ("SharedMemory:%s: argument #1 (self) expected a SharedMemory (call it with ':'), got %s")
-      :format(method, type(self)))
+    params.not_self("SharedMemory:" .. method, "a SharedMemory", self)
   end
 end
 

@@ -165,8 +165,7 @@ local function self_checker(name, ct)
   local what = (name:match("^[AEIOU]") and "an " or "a ") .. name
   return function(self, method)
     if not istype(ct, self) then
-      raise("TypeError", ("%s:%s: argument #1 (self) expected %s (call it with ':'), got %s")
-        :format(name, method, what, type(self)))
+      params.not_self(name .. ":" .. method, what, self)
     end
   end
 end

@@ -43,7 +43,7 @@ local EventT = ffi.typeof("struct luamp_Event")
 -- '.' (or on another object) would hand them anything. On cdata the check
 -- is ffi.istype, which compiled code reduces to a type guard it has anyway.
 local function not_self(method, kind, self)
-  raise("TypeError", ("%s: argument #1 (self) expected %s (call it with ':'), got %s"):format(method, kind, type(self)))
+  params.not_self(method, kind, self)
 end
 
 local function is_lock(v) return istype(LockT, v) end
