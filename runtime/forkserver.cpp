@@ -276,7 +276,7 @@ void idle_child_wait(const Server& s, int chan, Work* work) {
   }
   if (!read_all(chan, buf + got, w.len - got)) _exit(0);
   work->payload = std::string_view(buf, w.len);
-  proc::set_exit_report_fd(chan);
+  proc::set_exit_report_fd(chan, w.placed != 0);
 }
 
 // Forks one idle child and announces it. Returns 0 in the child, which has

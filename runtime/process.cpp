@@ -82,6 +82,9 @@ const std::string& executable() {
 }
 bool g_is_child = false;
 int g_exit_report_fd = -1;
+// A forkserver child placed on its parent's CPU (see below), which it
+// leaves once it has reported its exit.
+bool g_placed = false;
 
 void close_fd(int& fd) {
   if (fd >= 0) close(fd);
@@ -125,6 +128,16 @@ bool pin_to_this_cpu(pid_t pid, cpu_set_t* saved) {
   CPU_ZERO(&here);
   CPU_SET(cpu, &here);
   return sched_setaffinity(pid, sizeof here, &here) == 0;
+}
+
+// Lets this process run on any CPU it may use but the current one, if any.
+void move_off_this_cpu() {
+  cpu_set_t mask;
+  if (sched_getaffinity(0, sizeof mask, &mask) != 0) return;
+  int cpu = sched_getcpu();
+  if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &mask)) return;
+  CPU_CLR(cpu, &mask);
+  if (CPU_COUNT(&mask) > 0) sched_setaffinity(0, sizeof mask, &mask);
 }
 
 // Reaps a fork/spawn/raw child; `options` is 0 (block) or WNOHANG.
@@ -472,7 +485,10 @@ pid_t spawn_child(std::string_view payload, const std::vector<int>& fds) {
   return pid;
 }
 
-void set_exit_report_fd(int fd) { g_exit_report_fd = fd; }
+void set_exit_report_fd(int fd, bool placed) {
+  g_exit_report_fd = fd;
+  g_placed = placed;
+}
 
 void report_exit(int code) {
   if (g_exit_report_fd < 0) return;
@@ -486,9 +502,17 @@ void report_exit(int code) {
   luamp_sync_release_owned();
   close_range(0, static_cast<unsigned>(g_exit_report_fd) - 1, 0);
   close_range(static_cast<unsigned>(g_exit_report_fd) + 1, ~0U, 0);
+  // Nobody waits for what is left, the kernel's teardown (the joiner and
+  // the sentinel go by this report): an idle-policy task gives way at once
+  // to the joiner this report wakes, and to the server's next fork.
+  sched_param none{};
+  sched_setscheduler(0, SCHED_IDLE, &none);
   ssize_t n;
   do n = send(g_exit_report_fd, &code, sizeof code, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
+  // A joiner polling on this CPU would otherwise wait for the teardown:
+  // a running task keeps its CPU from a polling one that yields to it.
+  if (g_placed) move_off_this_cpu();
 }
 
 // -- Waiting -----------------------------------------------------------------

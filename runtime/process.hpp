@@ -117,8 +117,9 @@ void init_child(pid_t parent, bool keep_stdin = false);
 // parent's atexit work never runs twice).
 bool is_child();
 
-// A forkserver child reports its exit code on this fd just before exiting.
-void set_exit_report_fd(int fd);
+// A forkserver child reports its exit code on this fd just before exiting;
+// `placed`: it runs on its parent's CPU (place_here), and leaves it then.
+void set_exit_report_fd(int fd, bool placed);
 // The exit code a forkserver child reported on its channel (see
 // report_exit), if it did. The report is peeked, not taken: it keeps the
 // channel, which is the sentinel, readable.
