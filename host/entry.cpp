@@ -86,8 +86,8 @@ int spawned_child_main(pid_t parent, int nfds) {
 
 lua_State* g_server_state = nullptr;
 
-// A new idle child goes through what a payload needs, on a sample: the
-// pages it writes are copied now, not when the work arrives.
+// A new idle child does what needs no payload, and rehearses a start on a
+// sample: the pages it writes are copied now, not when the work arrives.
 void warm_up() { call_bootstrap(g_server_state, "warm_up", {}); }
 
 int forkserver_main(pid_t parent) {

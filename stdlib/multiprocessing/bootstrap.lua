@@ -122,11 +122,13 @@ local function report_unsendable(proc, state)
 end
 
 -- The serialized form of `proc` for spawn and forkserver children, and the
--- fds that go with it. The module paths come first, in a message of their
--- own: decoding the rest may `require` modules found through them. `cwd`:
--- a directory the child changes to first (a forkserver child starts in the
--- server's; spawn and fork children are in the parent's already).
-function M.payload(proc, method, cwd)
+-- fds that go with it: the process message itself, or, when the child must
+-- first change its directory, module paths or registered classes, a setup
+-- message that carries it as `data` (decoding it may `require` modules found
+-- through those paths). `server`: for a forkserver child, the directory and
+-- paths it has already (those of its server); nil for a spawned child, which
+-- is in the parent's directory and has nothing else.
+function M.payload(proc, method, server)
   local state = state_of(proc)
   local fds = {}
   registry[PAYLOAD_FDS] = fds
@@ -144,16 +146,47 @@ function M.payload(proc, method, cwd)
     report_unsendable(proc, state)
     error(bytes, 0)
   end
-  return core.dumps({ path = package.path, cpath = package.cpath, cwd = cwd, classes = script_classes(),
-    data = bytes }), fds
+  local function differs(key, value) return not server or server[key] ~= value end
+  local path = differs("path", package.path) and package.path or nil
+  local cpath = differs("cpath", package.cpath) and package.cpath or nil
+  local cwd = server and differs("cwd", core.getcwd()) and core.getcwd() or nil
+  local classes = script_classes()
+  if not (path or cpath or cwd or classes) then return bytes, fds end
+  return core.dumps({ path = path, cpath = cpath, cwd = cwd, classes = classes, data = bytes, setup = true }), fds
 end
 
--- Returns the decoded message and the Process object it describes; `fds`
--- are those that came with the payload (an fd no Connection took is closed).
-local function decode_process(data, fds)
+-- Decodes a payload message; `fds` came with the payload, and a Connection
+-- in it takes its fd from them.
+local function decode_message(bytes, fds)
   registry[PAYLOAD_FDS] = fds
-  local ok, d = pcall(core.loads, data)
+  local ok, d = pcall(core.loads, bytes)
   registry[PAYLOAD_FDS] = nil
+  if not ok then error(d, 0) end
+  return d
+end
+
+-- A setup message: what the child changes before it decodes the process.
+local function set_up(setup)
+  if setup.cwd then
+    local ok, err = core.chdir(setup.cwd)
+    if not ok then error(("cannot change to the parent's directory %s: %s"):format(setup.cwd, err), 0) end
+  end
+  -- Assigned only when they differ: a forkserver child has them already,
+  -- and the write would copy the page that holds the package table.
+  if setup.path and package.path ~= setup.path then package.path = setup.path end
+  if setup.cpath and package.cpath ~= setup.cpath then package.cpath = setup.cpath end
+  if setup.classes then register_classes(setup.classes) end
+end
+
+-- Returns the process message of a payload and the Process object it
+-- describes (an fd of `fds` that no Connection took is closed).
+local function decode_process(bytes, fds)
+  local ok, d = pcall(decode_message, bytes, fds)
+  if ok and d.setup then
+    local setup = d
+    ok, d = pcall(set_up, setup)
+    if ok then ok, d = pcall(decode_message, setup.data, fds) end
+  end
   for _, fd in ipairs(fds or {}) do
     if fd then core.close_fd(fd) end
   end
@@ -164,26 +197,15 @@ local function decode_process(data, fds)
   return d, proc
 end
 
-local function prepare(outer, fds)
-  if outer.cwd then
-    local ok, err = core.chdir(outer.cwd)
-    if not ok then error(("cannot change to the parent's directory %s: %s"):format(outer.cwd, err), 0) end
-  end
-  if outer.classes then register_classes(outer.classes) end
-  return decode_process(outer.data, fds)
-end
+-- A forkserver child may have seeded math.random while it was idle.
+local seeded = false
 
 -- Spawned and forkserver children: decode the payload and run it.
 function M.run_payload(bytes, fds)
   collectgarbage("stop")
-  util.reseed_random()
+  if not seeded then util.reseed_random() end
   local mp = require("multiprocessing")  -- registers the classes decoding needs
-  local outer = core.loads(bytes, true)
-  -- Assigned only when they differ: a forkserver child has them already,
-  -- and the write would copy the page that holds the package table.
-  if package.path ~= outer.path then package.path = outer.path end
-  if package.cpath ~= outer.cpath then package.cpath = outer.cpath end
-  local ok, d, proc = xpcall(prepare, traceback, outer, fds)
+  local ok, d, proc = xpcall(decode_process, traceback, bytes, fds)
   if not ok then
     io.stderr:write("luamp: cannot start the process: ", d, "\n")
     core.exit(1)
@@ -194,10 +216,13 @@ end
 
 local sample  -- in the forkserver: a payload like those its children get
 
--- In a new idle forkserver child: decode the sample as a real payload would
--- be decoded, without running it.
+-- In a new idle forkserver child, on a spare CPU: what needs no payload,
+-- and a start rehearsed on the sample, without running it.
 function M.warm_up()
-  decode_process(core.loads(sample, true).data)
+  util.reseed_random()
+  seeded = true
+  local d, proc = decode_process(sample)
+  process.become_child(proc, d.parent_pid, d.parent_name)
   return 0
 end
 
@@ -218,7 +243,10 @@ function M.forkserver_init(bytes)
     end
   end
   io.stderr:flush()
-  sample = M.payload(process.Process{ target = function() end, args = { 1 } }, "forkserver")
+  -- What a child finds when its setup message leaves them out.
+  package.path, package.cpath = c.path, c.cpath
+  local here = { path = c.path, cpath = c.cpath, cwd = core.getcwd() }
+  sample = M.payload(process.Process{ target = function() end, args = { 1 } }, "forkserver", here)
   -- The server runs no Lua from here on; its children inherit a stopped
   -- collector (see M.run) and restart it when their target runs.
   collectgarbage("stop")

@@ -30,12 +30,13 @@ local function config()
   return core.dumps({ path = package.path, cpath = package.cpath, preload = preload, idle = IDLE_CHILDREN })
 end
 
--- The directory the running server, and so each idle child, is in.
-local server_cwd
+-- The directory and module paths of the running server, and so of each
+-- idle child: a payload carries them only where the parent's differ.
+local server
 
 local function ensure_server()
   if core.forkserver_running() then return end
-  server_cwd = core.getcwd()
+  server = { cwd = core.getcwd(), path = package.path, cpath = package.cpath }
   core.forkserver_start(config())
   if not stop_registered then
     util.at_exit(core.forkserver_stop)
@@ -43,12 +44,11 @@ local function ensure_server()
   end
 end
 
--- A server that died (killed from outside) is replaced once, transparently.
--- The child is told the parent's directory only when it is not the
--- server's: nothing more to decode in the common case.
+-- A server that died (killed from outside) is replaced once, transparently:
+-- in the parent's directory, with its paths, so a payload made for the old
+-- one (or, before the first start, for none) fits it too.
 function M.start(proc)
-  local cwd = core.getcwd()
-  local payload, fds = bootstrap.payload(proc, "forkserver", cwd ~= server_cwd and cwd or nil)
+  local payload, fds = bootstrap.payload(proc, "forkserver", server)
   ensure_server()
   local ok, popen, pid = pcall(core.start_forkserver, payload, fds)
   if ok then return popen, pid end
