@@ -864,7 +864,9 @@ end
 
 -- Servers of this process by ident, for the proxies decoded and sent here.
 M.serving = {}
-util.register_after_fork(function() M.serving = {} end)
+util.register_after_fork(function()
+  if next(M.serving) then M.serving = {} end  -- a write copies a shared page
+end)
 
 local function ident_of(address)
   local where = type(address) == "table" and tostring(address[1]) .. ":" .. tostring(address[2]) or tostring(address)

@@ -140,7 +140,13 @@ local function forget(key)
   conns[key], epochs[key], pending[key] = nil, nil, nil
 end
 
-util.register_after_fork(function() conns, epochs, pending, routes = {}, {}, {}, {} end)
+-- Replaced only when used: each write in a new child copies a page it
+-- shares with its parent.
+util.register_after_fork(function()
+  if next(conns) or next(epochs) or next(pending) or next(routes) then
+    conns, epochs, pending, routes = {}, {}, {}, {}
+  end
+end)
 
 local function gone(st, why)
   forget(st.key)

@@ -277,7 +277,9 @@ end
 -- This process's pid, for the owner checks of notify (getpid() is a system
 -- call); a forked child learns its own.
 local my_pid
-util.register_after_fork(function() my_pid = nil end)
+-- Written only when set: each write in a new child copies a page it shares
+-- with its parent.
+util.register_after_fork(function() if my_pid ~= nil then my_pid = nil end end)
 
 -- As in Python, notify and wait need the lock held: by this process (the
 -- lock's word records its holder's pid).
