@@ -27,10 +27,11 @@ namespace luamp {
   X(BufferTooShort, ProcessError)            \
   X(EOFError, Error)                         \
   X(OSError, Error)                          \
-  X(BrokenPipeError, OSError)                \
+  X(ConnectionError, OSError)                \
+  X(BrokenPipeError, ConnectionError)        \
   X(FileNotFoundError, OSError)              \
   X(FileExistsError, OSError)                \
-  X(ConnectionRefusedError, OSError)         \
+  X(ConnectionRefusedError, ConnectionError) \
   X(ValueError, Error)                       \
   X(RuntimeError, Error)                     \
   X(BrokenBarrierError, RuntimeError)        \

@@ -1290,11 +1290,11 @@ local function submit_call(self, fname, func, args, callback, error_callback)
 end
 
 function Pool:apply_async(func, args, callback, error_callback)
-  return submit_call(self, "apply_async", func, args, callback, error_callback)
+  return submit_call(self, "Pool:apply_async", func, args, callback, error_callback)
 end
 
 function Pool:apply(func, args)
-  return submit_call(self, "apply", func, args):get()
+  return submit_call(self, "Pool:apply", func, args):get()
 end
 
 local function async_opts(chunksize, callback, error_callback, fname)
@@ -1315,11 +1315,11 @@ local function async_map(self, kind, fname, func, seq, chunksize, callback, erro
 end
 
 function Pool:map_async(func, seq, chunksize, callback, error_callback)
-  return async_map(self, "map", "map_async", func, seq, chunksize, callback, error_callback)
+  return async_map(self, "map", "Pool:map_async", func, seq, chunksize, callback, error_callback)
 end
 
 function Pool:starmap_async(func, seq, chunksize, callback, error_callback)
-  return async_map(self, "starmap", "starmap_async", func, seq, chunksize, callback, error_callback)
+  return async_map(self, "starmap", "Pool:starmap_async", func, seq, chunksize, callback, error_callback)
 end
 
 -- -- Blocking maps ------------------------------------------------------------------
@@ -1342,11 +1342,11 @@ local function blocking_map(self, kind, fname, func, seq, chunksize)
 end
 
 function Pool:map(func, seq, chunksize)
-  return blocking_map(self, "map", "map", func, seq, chunksize)
+  return blocking_map(self, "map", "Pool:map", func, seq, chunksize)
 end
 
 function Pool:starmap(func, seq, chunksize)
-  return blocking_map(self, "starmap", "starmap", func, seq, chunksize)
+  return blocking_map(self, "starmap", "Pool:starmap", func, seq, chunksize)
 end
 
 local WEAK_VALUES = { __mode = "v" }
@@ -1413,11 +1413,11 @@ local function iterate(self, fname, func, seq, chunksize, unordered)
 end
 
 function Pool:imap(func, seq, chunksize)
-  return iterate(self, "imap", func, seq, chunksize, false)
+  return iterate(self, "Pool:imap", func, seq, chunksize, false)
 end
 
 function Pool:imap_unordered(func, seq, chunksize)
-  return iterate(self, "imap_unordered", func, seq, chunksize, true)
+  return iterate(self, "Pool:imap_unordered", func, seq, chunksize, true)
 end
 
 -- -- Ending ----------------------------------------------------------------------------
@@ -1443,7 +1443,7 @@ end
 -- to its end, as Python's map reads it whole); the workers get their stop
 -- messages once none is left (Pool:_read_sources), or at join().
 function Pool:close()
-  check_pool(self, "close")
+  check_pool(self, "Pool:close")
   if self._state ~= RUN then return end
   self._state = CLOSE
   end_bar()
@@ -1452,7 +1452,7 @@ end
 
 -- Stops the workers now; unfinished tasks fail with ProcessError.
 function Pool:terminate()
-  check_pool(self, "terminate")
+  check_pool(self, "Pool:terminate")
   if self._state == TERMINATE then return end
   self._state = TERMINATE
   end_bar()
@@ -1509,7 +1509,7 @@ end
 -- with-statement equivalent: pool:with(function(pool) ... end) terminates
 -- the pool afterwards, as Python's `with Pool() as pool:` does.
 function Pool:with(fn, ...)
-  check_pool(self, "with")
+  check_pool(self, "Pool:with")
   local r = pack(pcall(fn, self, ...))
   self:terminate()
   if not r[1] then error(r[2], 0) end

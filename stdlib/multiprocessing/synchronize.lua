@@ -290,14 +290,22 @@ local function check_owned(method, c)
   if owner ~= my_pid then raise("AssertionError", method .. ": cannot notify on an un-acquired lock") end
 end
 
+-- Errors name the Condition's method, not the lock's.
 function Condition:acquire(block, timeout)
   check_condition("Condition:acquire", self)
+  if block ~= nil or timeout ~= nil then
+    check_block("Condition:acquire", block)
+    check_timeout("Condition:acquire", 2, timeout)
+  end
   return self._lock:acquire(block, timeout)
 end
 
 function Condition:release()
   check_condition("Condition:release", self)
-  return self._lock:release()
+  local ok, err = pcall(self._lock.release, self._lock)
+  if ok then return end
+  if core.is_error(err) then raise(err.type, (err.message:gsub("^%S+:release:", "Condition:release:"))) end
+  error(err, 0)
 end
 
 Condition.with = wither("Condition", "a Condition", is_condition)

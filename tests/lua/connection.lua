@@ -132,6 +132,8 @@ do -- closed ends
   T.checkerr("BrokenPipeError", nil, b.send, b, "nobody reads")
   local err = T.checkerr("BrokenPipeError", nil, b.send_bytes, b, "nobody reads")
   T.check(mp.is_error(err, "OSError"), "BrokenPipeError is an OSError")
+  T.check(mp.is_error(err, "ConnectionError"), "BrokenPipeError is a ConnectionError, as in Python")
+  T.check(not mp.is_error(err, "FileNotFoundError"), "BrokenPipeError is no FileNotFoundError")
   b:close()
 end
 

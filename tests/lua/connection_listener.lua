@@ -104,6 +104,7 @@ do -- nobody listening
   l:close()
   local err = T.checkerr("ConnectionRefusedError", nil, Client, address)
   T.check(mp.is_error(err, "OSError"), "ConnectionRefusedError is an OSError")
+  T.check(mp.is_error(err, "ConnectionError"), "ConnectionRefusedError is a ConnectionError, as in Python")
   T.checkerr("TypeError", "AF_INET", Client, { 127, 1 })
   T.checkerr("ValueError", "family", Listener, nil, "AF_BLUETOOTH")
   T.checkerr("TypeError", "authkey", Listener, { "127.0.0.1", 0 }, nil, nil, 42)

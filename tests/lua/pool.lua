@@ -148,7 +148,8 @@ end
 -- -- Bad input ---------------------------------------------------------------------------
 
 do
-  T.checkerr("TypeError", "func", pool.map, pool, 42, { 1 })
+  T.checkerr("TypeError", "Pool:map: argument #1 (func)", pool.map, pool, 42, { 1 })
+  T.checkerr("TypeError", "Pool:apply_async: argument #2 (args)", pool.apply_async, pool, square, 5)
   T.checkerr("TypeError", "iterable", pool.map, pool, square, 42)
   T.checkerr("ValueError", "chunksize", pool.map, pool, square, { 1 }, 0)
   T.checkerr("ValueError", "chunksize", pool.map, pool, square, { 1 }, -2)

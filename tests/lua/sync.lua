@@ -165,6 +165,12 @@ do
   cond:release()
   T.checkerr("AssertionError", "un-acquired", cond.wait, cond, 0.01)
   T.checkerr("TypeError", "lock", mp.Condition, "not a lock")
+  -- errors name the Condition's method, not its lock's
+  T.checkerr("TypeError", "Condition:acquire: argument #1 (block)", cond.acquire, cond, "x")
+  T.checkerr("TypeError", "Condition:acquire: argument #2 (timeout)", cond.acquire, cond, true, "y")
+  T.checkerr("AssertionError", "Condition:release:", cond.release, cond)
+  local plain = mp.Condition(mp.Lock())
+  T.checkerr("ValueError", "Condition:release:", plain.release, plain)
 end
 
 -- -- Barrier -----------------------------------------------------------------------------------
