@@ -27,7 +27,7 @@
 //           | TABLE narr nhash value{narr} (value value){nhash}
 //           | TABLE_MT narr nhash value{narr} (value value){nhash} value
 //           | REF id                              a TABLE*, FUNC or HANDLE seen before
-//           | CLASS name                          a registered metatable, by name
+//           | CLASS name                          a registered class (metatable), by name
 //           | FUNC len byte{len} crc32 nup upval{nup} nglob (name value){nglob}
 //           | CFUNC name name                     package.loaded[module][field]
 //           | MODULE name                         package.loaded[module]
@@ -186,6 +186,23 @@ function H.cdata_kind(x)
   local reduce = reducers and reducers[tonumber(typeof(x))]
   if reduce then return 3, reduce end
   return 0, tostring(typeof(x))
+end
+
+-- A class of the library that no module loaded so far has registered (the
+-- library's modules load on first use): loads the module that defines it.
+-- Only the library's own namespaces: a name from a message never makes
+-- this process load a module of its choosing.
+function H.library_class(name)
+  if not (name:find("^multiprocessing%.") or name:find("^luamp%.")) then return nil end
+  local module = name
+  while true do
+    module = module:match("^(.*)%.[^.]*$")
+    if not module then return nil end
+    if pcall(require, module) then
+      local cls = registry["luamp.classes"] and registry["luamp.classes"][name]
+      if cls then return cls end
+    end
+  end
 end
 
 function H.cdata_new(kind)
@@ -697,8 +714,11 @@ void Encoder::anchor(int v) {
   lua_rawseti(L_, anchors_, static_cast<int>(++nanchors_));
 }
 
+// A registered class travels by name wherever it appears, as Python pickles
+// a class by reference: the receiver's registered table, not a copy, so an
+// upvalue or field that holds a class still is that class there.
 void Encoder::table(int t) {
-  if (emit_ref(t) || emit_module(t)) return;
+  if (emit_ref(t) || emit_module(t) || emit_class(t)) return;
   if (!lua_getmetatable(L_, t)) {
     new_ref(t);
     put_tag(out_, kTable);
@@ -756,7 +776,8 @@ bool Encoder::array_key(int key, lua_Integer narr) {
   return d >= 1 && d <= static_cast<double>(narr) && d == std::floor(d);
 }
 
-// A registered metatable travels by name, any other by value.
+// A registered metatable travels by name, any other by value (a class is
+// a table like any other: table() sends it by name too).
 void Encoder::metatable(int mt) {
   enter(Seg{Seg::kMeta, {}});
   if (!emit_class(mt)) value(mt);
@@ -1267,6 +1288,12 @@ void Decoder::klass() {
     lua_pushlstring(L_, n.data(), n.size());
     lua_rawget(L_, -2);
     lua_remove(L_, -2);
+  }
+  if (!lua_istable(L_, -1)) {
+    lua_pop(L_, 1);
+    push_helper(L_, "library_class");
+    lua_pushlstring(L_, n.data(), n.size());
+    lua_call(L_, 1, 1);
   }
   if (!lua_istable(L_, -1))
     fail(ErrType::SerializationError, "class '%.*s' is not registered in this process (mp.register_class)",

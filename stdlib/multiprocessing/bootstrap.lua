@@ -77,31 +77,57 @@ local library_class = setmetatable({}, { __index = function(t, name)
   return v
 end })
 
--- The classes the script registered, serialized by value (nil if none): a
--- spawn or forkserver child never ran the script, and registers them before
--- it decodes the args, whose instances travel by class name. A class that
--- cannot be sent stays behind (the child then names it if the args need it).
-local function script_classes()
-  local list
-  for name, mt in pairs(registry["luamp.classes"]) do
-    if not library_class[name] then
-      list = list or {}
-      list[name] = mt
-    end
-  end
-  if not list then return nil end
-  local ok, bytes = pcall(core.dumps, list)
-  if ok then return bytes end
-  for name, mt in pairs(list) do
-    if not pcall(core.dumps, mt) then list[name] = nil end
-  end
-  return core.dumps(list)
+-- A class's fields and metatable in a table that is not registered, so
+-- that it travels by value; the classes it refers to (itself, through
+-- __index, say) still travel by name.
+local function contents_of(cls)
+  local copy = {}
+  for k, v in pairs(cls) do copy[k] = v end
+  return { fields = copy, meta = getmetatable(cls) }
 end
 
+-- The classes the script registered (nil if none): a spawn or forkserver
+-- child never ran the script, and registers them before it decodes the
+-- args, whose instances and classes travel by name. A class that cannot be
+-- sent stays behind (the child then names it if the args need it).
+local function script_classes()
+  local names, defs
+  for name, cls in pairs(registry["luamp.classes"]) do
+    if not library_class[name] then
+      names, defs = names or {}, defs or {}
+      names[#names + 1] = name
+      defs[name] = contents_of(cls)
+    end
+  end
+  if not names then return nil end
+  local ok, bytes = pcall(core.dumps, defs)
+  if not ok then
+    for name, def in pairs(defs) do
+      if not pcall(core.dumps, def) then defs[name] = nil end
+    end
+    bytes = core.dumps(defs)
+  end
+  return core.dumps({ names = names, defs = bytes })
+end
+
+-- Each class is registered empty first and filled in after: a class's
+-- contents refer to classes (their own among them) by name.
 local function register_classes(bytes)
   local classes = registry["luamp.classes"]
-  for name, mt in pairs(core.loads(bytes)) do
-    if classes[name] == nil then core.register_class(name, mt) end
+  local sent = core.loads(bytes)
+  local new = {}
+  for _, name in ipairs(sent.names) do
+    if classes[name] == nil then
+      new[name] = {}
+      core.register_class(name, new[name])
+    end
+  end
+  for name, def in pairs(core.loads(sent.defs)) do
+    local cls = new[name]
+    if cls then
+      for k, v in pairs(def.fields) do cls[k] = v end
+      setmetatable(cls, def.meta)
+    end
   end
 end
 

@@ -152,6 +152,31 @@ T.case("registered classes travel as args", function()
   T.joined(p)
 end)
 
+T.case("a registered class the target refers to is the child's registered one", function()
+  local Shape = {}
+  Shape.__index = Shape
+  function Shape.new(n) return setmetatable({ n = n }, Shape) end
+  function Shape:sides() return self.n end
+  mp.register_class("test.Shape", Shape)
+  local Square = setmetatable({}, { __index = Shape })
+  Square.__index = Square
+  function Square:area() return 4 end
+  mp.register_class("test.Square", Square)
+  local q = mp.Queue()
+  local p = T.start(function(arg_shape, qq)
+    local made = Shape.new(3)
+    qq:put({ getmetatable(made) == getmetatable(arg_shape), made:sides(), setmetatable({}, Square):area(),
+             setmetatable({}, Square):sides() == nil, made })
+  end, Shape.new(5), q)
+  local r = q:get(true, 10)
+  T.joined(p)
+  T.check(r[1], "an upvalue class and an instance's class are one table in the child")
+  T.eq(r[2], 3, "its methods work")
+  T.eq(r[3], 4, "a subclass registered too")
+  T.check(r[4], "the subclass inherits through its own metatable")
+  T.check(getmetatable(r[5]) == Shape, "an instance made in the child is the parent's class here")
+end)
+
 T.case("a target that yields fails its process only", function()
   local main_pid = mp.getpid()
   local p

@@ -41,6 +41,8 @@ local function suite(dumps, loads, register_class)
   T.check(getmetatable(p) == Point, "class metatable is the receiver's own")
   T.eq(p:norm1(), 7, "class method")
   T.check(not dumps(setmetatable({}, Point)):find("norm1"), "methods stay home")
+  T.check(rt(Point) == Point, "a class itself travels by name, not as a copy")
+  T.check(rt({ cls = Point }).cls == Point, "also as a field")
   local Other = {}
   register_class("Point", Other)  -- re-registering replaces
   T.check(getmetatable(rt(setmetatable({}, Other))) == Other, "re-registered class")
