@@ -12,5 +12,9 @@ function M.start(proc)
   if popen == 0 then bootstrap.run_forked(proc) end
   return popen, pid
 end
+-- Interpreted, never part of a trace: compiled for the parent, the child's
+-- return (0) would fail its guard, and the trace exit runs code the child
+-- has not yet mapped (~3 page faults per child here).
+jit.off(M.start)
 
 return M

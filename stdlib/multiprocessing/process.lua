@@ -289,6 +289,7 @@ function M.fork()
   if pid == 0 then util.run_after_fork() end
   return pid
 end
+jit.off(M.fork)  -- see popen_fork.start: no trace for the child to exit
 
 -- In a new child (any start method): `proc` becomes the current process.
 function M.become_child(proc, ppid, pname, key)
