@@ -91,15 +91,14 @@ end
 -- args, whose instances and classes travel by name. A class that cannot be
 -- sent stays behind (the child then names it if the args need it).
 local function script_classes()
-  local names, defs
+  local defs
   for name, cls in pairs(registry["luamp.classes"]) do
     if not library_class[name] then
-      names, defs = names or {}, defs or {}
-      names[#names + 1] = name
+      defs = defs or {}
       defs[name] = contents_of(cls)
     end
   end
-  if not names then return nil end
+  if not defs then return nil end
   local ok, bytes = pcall(core.dumps, defs)
   if not ok then
     for name, def in pairs(defs) do
@@ -107,6 +106,8 @@ local function script_classes()
     end
     bytes = core.dumps(defs)
   end
+  local names = {}
+  for name in pairs(defs) do names[#names + 1] = name end
   return core.dumps({ names = names, defs = bytes })
 end
 

@@ -177,6 +177,23 @@ T.case("a registered class the target refers to is the child's registered one", 
   T.check(getmetatable(r[5]) == Shape, "an instance made in the child is the parent's class here")
 end)
 
+T.case("a registered class that cannot be sent stays behind, and says so", function()
+  local Stuck = { co = coroutine.create(function() end) }
+  Stuck.__index = Stuck
+  mp.register_class("test.Stuck", Stuck)
+  local q = mp.Queue()
+  local p = T.start(function(qq) qq:put("ran") end, q)
+  T.eq(q:get(true, 10), "ran", "a child that does not need it starts")
+  T.joined(p)
+  -- An instance travels with its class's name; a child that never got the
+  -- class cannot decode it, names it on stderr and fails (a fork child has
+  -- the parent's classes).
+  p = mp.Process{target = function(x) assert(getmetatable(x) == Stuck) end, args = { setmetatable({}, Stuck) }}
+  p:start()
+  p:join(30)
+  T.eq(p.exitcode, method == "fork" and 0 or 1, "a child that needs it")
+end)
+
 T.case("a target that yields fails its process only", function()
   local main_pid = mp.getpid()
   local p
