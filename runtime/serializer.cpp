@@ -614,6 +614,7 @@ class Encoder {
   bool need_refs_ = false;  // sets HEAD's kHasRefs
   int modmap_ = 0;          // stack slot: the reverse map of package.loaded
   int anchors_ = 0;         // stack slot: nil, or a list keeping temporaries alive
+  int classes_ = 0;         // stack slot: registered class -> name (every table is looked up)
   lua_Integer nanchors_ = 0;
   int depth_ = 0;
   Seg path_[kMaxDepth];  // path_[0..depth_-1]: root to current value
@@ -631,6 +632,8 @@ void Encoder::root(int idx) {
     modmap_ = lua_gettop(L_);
     lua_pushnil(L_);
     anchors_ = lua_gettop(L_);
+    lua_getfield(L_, LUA_REGISTRYINDEX, kClassNamesKey);
+    classes_ = lua_gettop(L_);
   }
   value(idx);
   if (need_refs_) out_[head] = static_cast<char>(kVersion | kHasRefs);
@@ -785,13 +788,9 @@ void Encoder::metatable(int mt) {
 }
 
 bool Encoder::emit_class(int mt) {
-  lua_getfield(L_, LUA_REGISTRYINDEX, kClassNamesKey);
-  if (!lua_istable(L_, -1)) {
-    lua_pop(L_, 1);
-    return false;
-  }
+  if (classes_ == 0 || !lua_istable(L_, classes_)) return false;
   lua_pushvalue(L_, mt);
-  lua_rawget(L_, -2);  // stack: class_names, name
+  lua_rawget(L_, classes_);  // stack: name
   bool found = lua_type(L_, -1) == LUA_TSTRING;
   if (found) {
     size_t n;
@@ -799,7 +798,7 @@ bool Encoder::emit_class(int mt) {
     put_tag(out_, kClass);
     put_bytes(out_, name, n);
   }
-  lua_pop(L_, 2);
+  lua_pop(L_, 1);
   return found;
 }
 
