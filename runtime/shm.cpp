@@ -22,12 +22,16 @@ namespace {
 constexpr uint64_t kArenaSize = uint64_t{64} << 30;
 constexpr uint64_t kMagic = 0x6c75616d70617231;  // "luampar1"
 
+// The name table: open addressing on a hash of the name, linear probing.
+// An entry with an empty name is free (offset 0: never used, so a lookup
+// stops there) or was unlinked (kUnlinked: a lookup goes on past it).
 struct NameEntry {
-  char name[kMaxNameLength + 1];  // empty: a free entry
+  char name[kMaxNameLength + 1];
   uint64_t offset;
   uint64_t size;
 };
-constexpr int kMaxNames = 1024;
+constexpr uint32_t kMaxNames = 16384;  // 4 MiB of address space, touched where used
+constexpr uint64_t kUnlinked = ~uint64_t{0};
 
 // Size classes of allocate(): class c holds blocks of 2^p + k * 2^(p-2)
 // bytes with p = 8 + c / 4, k = c % 4 (256, 320, 384, 448, 512, 640, ...).
@@ -239,9 +243,26 @@ class NamesGuard {
   NamesGuard& operator=(const NamesGuard&) = delete;
 };
 
-NameEntry* find(const char* name) {
-  for (int i = 0; i < kMaxNames; ++i)
-    if (strcmp(names()[i].name, name) == 0) return &names()[i];
+uint32_t name_hash(const char* name) {
+  uint32_t h = 2166136261u;  // FNV-1a
+  for (const char* c = name; *c; ++c) h = (h ^ static_cast<unsigned char>(*c)) * 16777619u;
+  return h;
+}
+
+// The entry named `name`, or nullptr; `slot` (if not null) gets where a
+// new entry of that name would go (nullptr when the table is full).
+NameEntry* find(const char* name, NameEntry** slot = nullptr) {
+  if (slot) *slot = nullptr;
+  uint32_t start = name_hash(name) % kMaxNames;
+  for (uint32_t k = 0; k < kMaxNames; ++k) {
+    NameEntry* e = &names()[(start + k) % kMaxNames];
+    if (e->name[0] == '\0') {
+      if (slot && !*slot) *slot = e;
+      if (e->offset != kUnlinked) return nullptr;  // never used: the probe ends here
+      continue;
+    }
+    if (strcmp(e->name, name) == 0) return e;
+  }
   return nullptr;
 }
 
@@ -251,9 +272,9 @@ Segment create_named(const char* name, uint64_t size) {
   check_name(name);
   if (size == 0) fail(ErrType::ValueError, "a shared memory segment needs a size of at least 1");
   NamesGuard guard;
-  if (find(name)) fail(ErrType::FileExistsError, "shared memory '%s' already exists", name);
-  NameEntry* e = find("");
-  if (!e) fail(ErrType::OSError, "too many named shared memory segments (%d)", kMaxNames);
+  NameEntry* e;
+  if (find(name, &e)) fail(ErrType::FileExistsError, "shared memory '%s' already exists", name);
+  if (!e) fail(ErrType::OSError, "too many named shared memory segments (%u)", kMaxNames);
   uint64_t offset = alloc(size, 4096);
   e->offset = offset;
   e->size = size;
@@ -275,6 +296,7 @@ void unlink_named(const char* name) {
   NameEntry* e = find(name);
   if (!e) fail(ErrType::FileNotFoundError, "no shared memory named '%s'", name);
   e->name[0] = '\0';
+  e->offset = kUnlinked;
 }
 
 }  // namespace luamp::shm

@@ -50,6 +50,26 @@ do
   T.checkerr("ValueError", "name", SharedMemory)
 end
 
+do -- many names: well past the table's first 1,024 entries, with reuse
+  local segs = {}
+  for i = 1, 3000 do
+    segs[i] = SharedMemory{name = "many_" .. i, create = true, size = 8}
+    segs[i]:write(0, tostring(i))
+  end
+  for i = 1, 3000, 2 do segs[i]:unlink() end
+  T.checkerr("FileNotFoundError", "many_1", SharedMemory, "many_1")
+  T.eq(SharedMemory("many_2998"):read(0, 4), "2998", "found among thousands")
+  for i = 1, 3000, 2 do SharedMemory{name = "many_" .. i, create = true, size = 8}:write(0, "new") end
+  T.eq(SharedMemory("many_2999"):read(0, 3), "new", "a name made again after unlink")
+  T.eq(SharedMemory("many_3000"):read(0, 4), "3000", "the others are intact")
+  T.checkerr("FileExistsError", "many_4", SharedMemory, "many_4", true, 8)
+  T.eq(child(function()
+    if SharedMemory("many_1500"):read(0, 4) ~= "1500" then os.exit(2) end
+    if SharedMemory("many_1501"):read(0, 3) ~= "new" then os.exit(3) end
+  end), 0, "a child finds them")
+  for i = 1, 3000 do SharedMemory("many_" .. i):unlink() end
+end
+
 do -- bad offsets, lengths, sizes and names
   local shm = SharedMemory{create = true, size = 10}
   T.checkerr("ValueError", "negative", shm.read, shm, 0, -1)
