@@ -173,23 +173,15 @@ function M.payload(proc, method, server)
     report_unsendable(proc, state)
     error(bytes, 0)
   end
-  local function differs(key, value) return not server or server[key] ~= value end
-  local path = differs("path", package.path) and package.path or nil
-  local cpath = differs("cpath", package.cpath) and package.cpath or nil
-  local cwd = server and differs("cwd", core.getcwd()) and core.getcwd() or nil
+  local path, cpath, cwd = package.path, package.cpath, server and core.getcwd()
+  if server then
+    if path == server.path then path = nil end
+    if cpath == server.cpath then cpath = nil end
+    if cwd == server.cwd then cwd = nil end
+  end
   local classes = script_classes()
   if not (path or cpath or cwd or classes) then return bytes, fds end
   return core.dumps({ path = path, cpath = cpath, cwd = cwd, classes = classes, data = bytes, setup = true }), fds
-end
-
--- Decodes a payload message; `fds` came with the payload, and a Connection
--- in it takes its fd from them.
-local function decode_message(bytes, fds)
-  registry[PAYLOAD_FDS] = fds
-  local ok, d = pcall(core.loads, bytes)
-  registry[PAYLOAD_FDS] = nil
-  if not ok then error(d, 0) end
-  return d
 end
 
 -- A setup message: what the child changes before it decodes the process.
@@ -206,14 +198,17 @@ local function set_up(setup)
 end
 
 -- Returns the process message of a payload and the Process object it
--- describes (an fd of `fds` that no Connection took is closed).
+-- describes. A Connection in it takes its fd from `fds`, those that came
+-- with the payload; an fd that none took is closed.
 local function decode_process(bytes, fds)
-  local ok, d = pcall(decode_message, bytes, fds)
+  registry[PAYLOAD_FDS] = fds
+  local ok, d = pcall(core.loads, bytes)
   if ok and d.setup then
     local setup = d
     ok, d = pcall(set_up, setup)
-    if ok then ok, d = pcall(decode_message, setup.data, fds) end
+    if ok then ok, d = pcall(core.loads, setup.data) end
   end
+  registry[PAYLOAD_FDS] = nil
   for _, fd in ipairs(fds or {}) do
     if fd then core.close_fd(fd) end
   end

@@ -110,14 +110,30 @@ local function wither(kind, what, is_self)
   end
 end
 
--- X:acquire([block [, timeout]]) -> boolean, over the C function `acquire`;
--- no arguments is the hot path: one FFI call.
+-- acquire([block [, timeout]]) of the lock word `p` through the C function
+-- `acquire`, errors naming `func`; no arguments is the hot path: one FFI call.
+local function acquire_lock(acquire, p, func, block, timeout)
+  if block == nil and timeout == nil then return acquire(p, 1, -1) == 1 end
+  return acquire(p, check_block(func, block), check_timeout(func, 2, timeout)) == 1
+end
+
+-- X:acquire([block [, timeout]]) -> boolean
 local function acquirer(kind, what, is_self, acquire)
   local func = kind .. ":acquire"
   return function(self, block, timeout)
     if not is_self(self) then not_self(func, what, self) end
-    if block == nil and timeout == nil then return acquire(self.p, 1, -1) == 1 end
-    return acquire(self.p, check_block(func, block), check_timeout(func, 2, timeout)) == 1
+    return acquire_lock(acquire, self.p, func, block, timeout)
+  end
+end
+
+-- As in Python: any process may release a Lock, only its owner an RLock.
+local function release_lock(lock, func)
+  if C.luamp_lock_release(lock.p) ~= 1 then raise("ValueError", func .. ": the lock is not acquired") end
+end
+
+local function release_rlock(lock, func)
+  if C.luamp_rlock_release(lock.p) ~= 1 then
+    raise("AssertionError", func .. ": the lock is not held by this process")
   end
 end
 
@@ -125,10 +141,9 @@ end
 
 local Lock = { with = wither("Lock", "a Lock", is_lock), acquire = acquirer("Lock", "a Lock", is_lock, C.luamp_lock_acquire) }
 
--- Lock:release(): any process may release it, as in Python
 function Lock:release()
   if not is_lock(self) then not_self("Lock:release", "a Lock", self) end
-  if C.luamp_lock_release(self.p) ~= 1 then raise("ValueError", "Lock:release: the lock is not acquired") end
+  release_lock(self, "Lock:release")
 end
 
 -- -- RLock ---------------------------------------------------------------------------------
@@ -138,9 +153,7 @@ local RLock = { with = wither("RLock", "an RLock", is_rlock),
 
 function RLock:release()
   if not is_rlock(self) then not_self("RLock:release", "an RLock", self) end
-  if C.luamp_rlock_release(self.p) ~= 1 then
-    raise("AssertionError", "RLock:release: the lock is not held by this process")
-  end
+  release_rlock(self, "RLock:release")
 end
 
 -- -- Semaphores ------------------------------------------------------------------------------
@@ -290,22 +303,18 @@ local function check_owned(method, c)
   if owner ~= my_pid then raise("AssertionError", method .. ": cannot notify on an un-acquired lock") end
 end
 
--- Errors name the Condition's method, not the lock's.
+-- Errors name the Condition's method, not its lock's.
 function Condition:acquire(block, timeout)
   check_condition("Condition:acquire", self)
-  if block ~= nil or timeout ~= nil then
-    check_block("Condition:acquire", block)
-    check_timeout("Condition:acquire", 2, timeout)
-  end
-  return self._lock:acquire(block, timeout)
+  local lock = self._lock
+  local acquire = is_rlock(lock) and C.luamp_rlock_acquire or C.luamp_lock_acquire
+  return acquire_lock(acquire, lock.p, "Condition:acquire", block, timeout)
 end
 
 function Condition:release()
   check_condition("Condition:release", self)
-  local ok, err = pcall(self._lock.release, self._lock)
-  if ok then return end
-  if core.is_error(err) then raise(err.type, (err.message:gsub("^%S+:release:", "Condition:release:"))) end
-  error(err, 0)
+  local lock = self._lock
+  if is_rlock(lock) then release_rlock(lock, "Condition:release") else release_lock(lock, "Condition:release") end
 end
 
 Condition.with = wither("Condition", "a Condition", is_condition)
