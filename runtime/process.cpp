@@ -23,6 +23,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "child_table.hpp"
 #include "errors.hpp"
 #include "forkserver.hpp"
 #include "futex.hpp"
@@ -35,11 +36,9 @@ namespace luamp::proc {
 
 namespace {
 
-// This process's children and how they have gone. The counts sit next to
-// the map's own, which every start and reap writes anyway: after a fork each
-// page the parent writes is copied once more.
+// This process's children and how they have gone.
 struct Registry {
-  std::unordered_map<pid_t, Child> children;
+  ChildTable children;
   // Ended children whose pid a later child took before they were released,
   // by generation. Empty unless pids wrap around while Process objects of
   // ended children are kept.
@@ -49,10 +48,9 @@ struct Registry {
   uint64_t last_gen = 0;        // beside `running`: a start writes no other page for it
 };
 
-// Made on first use, with room for the usual number of children (a rehash
-// allocates, and so writes, more pages). A new child abandons its parent's
-// copy instead of clearing it: freeing the nodes would write to (and so
-// copy) heap pages shared with the parent, for nothing.
+// Made on first use. A new child abandons its parent's copy instead of
+// freeing it: that would write to (and so copy) heap pages shared with the
+// parent, for nothing.
 Registry* g_children = nullptr;
 // A new child's registry numbers on from its parent's: a handle the child
 // inherited carries one of its parent's generations, which none of the
@@ -62,7 +60,6 @@ uint64_t g_inherited_gen = 0;
 Registry& registry() {
   if (!g_children) {
     g_children = new Registry;
-    g_children->children.reserve(128);
     g_children->last_gen = g_inherited_gen;
   }
   return *g_children;
@@ -272,15 +269,15 @@ void displace(Registry& r, Child& old) {
 void forget(Child& c) {
   close_fd(c.pidfd);
   close_fd(c.chan);
-  if (g_children->displaced.erase(c.gen) == 0) g_children->children.erase(c.pid);
+  if (g_children->displaced.erase(c.gen) == 0) g_children->children.erase(&c);
 }
 
 }  // namespace
 
 Child& add_child(pid_t pid, int pidfd, Method method, int chan) {
   Registry& r = registry();
-  auto [it, fresh] = r.children.try_emplace(pid);
-  Child& c = it->second;
+  auto [slot, fresh] = r.children.insert(pid);
+  Child& c = *slot;
   if (!fresh) displace(r, c);
   c = Child{pid, pidfd, chan, method, false, 0, futex::now_ns(), ++r.last_gen};
   ++r.running;
@@ -288,9 +285,7 @@ Child& add_child(pid_t pid, int pidfd, Method method, int chan) {
 }
 
 Child* find_child(pid_t pid) {
-  if (!g_children) return nullptr;
-  auto it = g_children->children.find(pid);
-  return it == g_children->children.end() ? nullptr : &it->second;
+  return g_children ? g_children->children.find(pid) : nullptr;
 }
 
 Child* find_child(pid_t pid, uint64_t gen) {
@@ -564,16 +559,12 @@ int waitpid_exitcode(pid_t pid) {
 
 void reap_raw_children() {
   if (!g_children) return;
-  for (auto it = g_children->children.begin(); it != g_children->children.end();) {
-    Child& c = it->second;
-    if (c.method == Method::raw) {
-      if (!c.reaped) reap_direct(c, 0);
-      close_fd(c.pidfd);
-      it = g_children->children.erase(it);
-    } else {
-      ++it;
-    }
-  }
+  g_children->children.erase_if([](Child& c) {
+    if (c.method != Method::raw) return false;
+    if (!c.reaped) reap_direct(c, 0);
+    close_fd(c.pidfd);
+    return true;
+  });
 }
 
 }  // namespace luamp::proc

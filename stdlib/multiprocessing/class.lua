@@ -74,9 +74,17 @@ end
 -- given to mp.register_class, plus what each subclass below it defines
 -- itself. Copied metamethods and the generated __index stay behind: they
 -- may close over module state that cannot be sent.
+-- The description of a registered class, made once per name: a forkserver
+-- or spawn start describes the Process class every time.
+local by_name = setmetatable({}, { __index = function(t, name)
+  local desc = { name = name }
+  t[name] = desc
+  return desc
+end })
+
 function class.describe(cls)
   local name = debug.getregistry()["luamp.class_names"][cls]
-  if name then return { name = name } end
+  if name then return by_name[name] end
   local parent = class.parent(cls)
   if not parent then error("class.describe: no registered ancestor", 2) end
   local own = {}

@@ -16,13 +16,15 @@ function M.named(t)
   return type(t) == "table" and rawget(t, 1) == nil and getmetatable(t) == nil
 end
 
+local function unexpected(func, k)
+  core.error("TypeError", ("%s: unexpected named parameter '%s'"):format(func, tostring(k)))
+end
+
 -- Raises TypeError naming `func` unless every key of `t` is in `known`
 -- (a set: name -> true).
 function M.check(func, t, known)
   for k in pairs(t) do
-    if not known[k] then
-      core.error("TypeError", ("%s: unexpected named parameter '%s'"):format(func, tostring(k)))
-    end
+    if not known[k] then unexpected(func, k) end
   end
 end
 
@@ -34,14 +36,25 @@ function M.not_self(func, expected, self)
     :format(func, expected, type(self)))
 end
 
+local function listed(order, k)
+  for i = 1, #order do
+    if order[i] == k then return true end
+  end
+  return false
+end
+
+local function values(t, order, i)
+  if i > #order then return end
+  return t[order[i]], values(t, order, i + 1)
+end
+
 -- `t`'s values for the names in `order` (a list), after checking its keys.
+-- Builds no table: constructors such as Process call it on every use.
 function M.unpack(func, t, order)
-  local known = {}
-  for i = 1, #order do known[order[i]] = true end
-  M.check(func, t, known)
-  local values = {}
-  for i = 1, #order do values[i] = t[order[i]] end
-  return unpack(values, 1, #order)
+  for k in pairs(t) do
+    if not listed(order, k) then unexpected(func, k) end
+  end
+  return values(t, order, 1)
 end
 
 return M

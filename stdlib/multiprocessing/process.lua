@@ -16,6 +16,7 @@ local params = require("multiprocessing.params")
 local getmetatable, rawget, rawset, type, pairs, ipairs, tostring, unpack, pcall =
   getmetatable, rawget, rawset, type, pairs, ipairs, tostring, unpack, pcall
 local raise = core.error
+local table_new = require("table.new")
 
 local SIGTERM, SIGKILL = 15, 9
 local DAEMON_GRACE = 2.0  -- seconds a terminated daemon gets before SIGKILL at exit
@@ -96,6 +97,8 @@ local function check_type(func, pos, what, v, want, ok)
 end
 
 local PARAMETERS = { "group", "target", "name", "args", "daemon" }
+-- The args of a process given none; never written to.
+local NO_ARGS = {}
 
 -- Process(group, target, name, args, daemon) or Process{target = ..., ...}
 function Process:init(group, target, name, args, daemon)
@@ -107,15 +110,16 @@ function Process:init(group, target, name, args, daemon)
   check_type("Process", 3, "name", name, "a string", name == nil or type(name) == "string")
   check_type("Process", 4, "args", args, "a table", args == nil or type(args) == "table")
   counter = counter + 1
-  local identity = {}
-  for i, v in ipairs(current._identity) do identity[i] = v end
+  local parent_identity = current._identity
+  local identity = table_new(#parent_identity + 1, 0)
+  for i, v in ipairs(parent_identity) do identity[i] = v end
   identity[#identity + 1] = counter
   self._identity = identity
   self._target = target
-  self._args = args or {}
+  self._args = args or NO_ARGS
   self._parent_pid = core.getpid()
   self._parent_name = current.name
-  self.name = name or ("Process-" .. table.concat(identity, ":"))
+  self.name = name or (#identity == 1 and "Process-" .. counter or "Process-" .. table.concat(identity, ":"))
   if daemon == nil then daemon = current.daemon end
   self.daemon = daemon and true or false
 end
