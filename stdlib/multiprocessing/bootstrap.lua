@@ -22,8 +22,28 @@ local function traceback(err)
   return debug.traceback(tostring(err), 2)
 end
 
+-- A new child runs its start-up with the JIT compiler off. It inherits its
+-- parent's hot counters, so code that only children run reached the
+-- threshold in nearly every child, which then recorded a trace, aborted it
+-- and unwound (the first unwind in a process sorts the binary's frame
+-- tables): some 30-60 us of each short child. The target runs with the
+-- compiler as the child found it.
+local jit_was_on  -- nil until a child pauses it
+-- jit.status() also returns the compiler's flags as strings: kept (in the
+-- module, so that the collector sees them in use) to stay interned, and the
+-- call in a child allocates nothing (each allocation there is a page copied
+-- from the parent).
+M._jit_flags = { jit.status() }
+
+local function pause_jit()
+  if jit_was_on ~= nil then return end
+  jit_was_on = jit.status()
+  if jit_was_on then jit.off() end
+end
+
 local function run_target(proc)
   core.gc_resume()
+  if jit_was_on then jit.on() end
   return proc:run()
 end
 
@@ -64,6 +84,7 @@ end
 -- Start method "fork", in the new child.
 function M.run_forked(proc)
   collectgarbage("stop")
+  pause_jit()
   local parent_name = process.current_process().name
   util.run_after_fork()
   M.run(proc, core.getppid(), parent_name, rawget(proc, "_authkey"))
@@ -225,6 +246,7 @@ local seeded = false
 -- Spawned and forkserver children: decode the payload and run it.
 function M.run_payload(bytes, fds)
   collectgarbage("stop")
+  pause_jit()
   if not seeded then util.reseed_random() end
   local mp = require("multiprocessing")  -- registers the classes decoding needs
   local ok, d, proc = xpcall(decode_process, traceback, bytes, fds)
@@ -241,6 +263,7 @@ local sample  -- in the forkserver: a payload like those its children get
 -- In a new idle forkserver child, on a spare CPU: what needs no payload,
 -- and a start rehearsed on the sample, without running it.
 function M.warm_up()
+  pause_jit()
   util.reseed_random()
   seeded = true
   local d, proc = decode_process(sample)

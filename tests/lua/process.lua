@@ -110,6 +110,16 @@ T.eq(exitcode_of(function() os.exit(true) end), 0, "os.exit(true)")
 T.eq(exitcode_of(function() os.exit(false) end), 1, "os.exit(false)")
 T.eq(exitcode_of(function() mp.getpid() end), 0, "return gives 0")
 
+-- A child starts up with the JIT compiler off (bootstrap.lua says why); its
+-- target runs with the compiler on, or off after a fork from a parent that
+-- turned it off.
+T.eq(exitcode_of(function() os.exit(jit.status() and 7 or 8) end), 7, "the target runs with the JIT on")
+if method == "fork" then
+  jit.off()
+  T.eq(exitcode_of(function() os.exit(jit.status() and 7 or 8) end), 8, "a fork child keeps its parent's jit.off()")
+  jit.on()
+end
+
 do
   local p = mp.Process{target = mp.sleep, args = {30}}
   p:start()
