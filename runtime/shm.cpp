@@ -58,8 +58,25 @@ char* g_base = nullptr;
 
 Header* header() { return reinterpret_cast<Header*>(g_base); }
 
+// Where the arena goes. mmap places each new mapping just below the lowest
+// so far, so what this process maps after the arena (LuaJIT's later heap
+// chunks) would lie 64 GiB below the rest of its memory, under page tables
+// of its own that every fork copies and every child frees. The arena is
+// asked for 1 TiB below where mmap would place it now; if that is taken,
+// the hint is ignored.
+void* arena_hint() {
+  void* probe = mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (probe == MAP_FAILED) return nullptr;
+  munmap(probe, 4096);
+  constexpr uintptr_t kBelow = uintptr_t{1} << 40;
+  constexpr uintptr_t kAlign = uintptr_t{1} << 30;
+  auto at = reinterpret_cast<uintptr_t>(probe);
+  if (at < 2 * kBelow) return nullptr;
+  return reinterpret_cast<void*>((at - kBelow) & ~(kAlign - 1));
+}
+
 void map(int fd) {
-  void* p = mmap(nullptr, kArenaSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
+  void* p = mmap(arena_hint(), kArenaSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
   if (p == MAP_FAILED) fail_errno("cannot map the shared arena", errno);
   g_fd = fd;
   g_base = static_cast<char*>(p);
