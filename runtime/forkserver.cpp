@@ -279,6 +279,25 @@ void idle_child_wait(const Server& s, int chan, Work* work) {
   proc::set_exit_report_fd(chan, w.placed != 0);
 }
 
+// Warming up copies now the pages a payload will write, which makes an
+// isolated start+join ~30% faster (0.48 -> 0.34 ms here). It is worth it
+// only on a CPU that would otherwise be idle: with a single usable CPU it
+// adds a decode of the sample to the work every start waits for, and when
+// starts come back to back it takes CPU time from them (a start+join loop
+// ran 5-7% slower). So a child warms up only if no work came within
+// kWarmUpAfter of its birth; in such a loop work comes sooner than that.
+constexpr int64_t kWarmUpAfterNs = 1'000'000;
+
+bool should_warm_up(int chan) {
+  if (!futex::several_cpus()) return false;
+  pollfd p{chan, POLLIN, 0};
+  timespec wait{0, kWarmUpAfterNs};
+  int r;
+  do r = ppoll(&p, 1, &wait, nullptr);
+  while (r < 0 && errno == EINTR);
+  return r == 0;
+}
+
 // Forks one idle child and announces it. Returns 0 in the child, which has
 // then been handed `work`.
 pid_t make_idle_child(Server& s, Work* work) {
@@ -297,10 +316,7 @@ pid_t make_idle_child(Server& s, Work* work) {
     close(sv[0]);
     sigprocmask(SIG_SETMASK, &s.old_mask, nullptr);
     proc::init_child(server);
-    // Warming up copies now the pages a payload will write, on a CPU the
-    // parent is not using. With a single usable CPU it would only add a
-    // decode of the sample to the work every start waits for.
-    if (futex::several_cpus()) s.warm_up();
+    if (should_warm_up(sv[1])) s.warm_up();
     idle_child_wait(s, sv[1], work);
     return 0;
   }
