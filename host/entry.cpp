@@ -79,6 +79,7 @@ std::vector<int> passed_fds(int n) {
 int spawned_child_main(pid_t parent, int nfds) {
   proc::init_child(parent);
   lua_State* L = new_interpreter();
+  lua_gc(L, LUA_GCSTOP, 0);  // as in every child until its target runs (bootstrap.run)
   std::string payload = read_fd(kPayloadFd);
   close(kPayloadFd);
   return call_bootstrap(L, "run_payload", payload, passed_fds(nfds));

@@ -64,12 +64,14 @@ local function run_in_coroutine(proc)
   return ok, err
 end
 
--- Runs `proc` as this process; never returns. The collector stays stopped
--- until the target runs, and then waits for the heap to grow: tracing the
--- inherited heap would write to, and so copy, every page shared with the
--- parent, which a short child would pay for without freeing anything.
+-- Runs `proc` as this process; never returns. A child starts with its
+-- collector stopped (core.start_fork stops it before any Lua runs in the
+-- child, a forkserver child inherits its server's, a spawned child's host
+-- stops it), and resumes it when the target runs, waiting for the heap to
+-- grow: tracing the inherited heap would write to, and so copy, every page
+-- shared with the parent, which a short child would pay for without
+-- freeing anything.
 function M.run(proc, parent_pid, parent_name, authkey)
-  collectgarbage("stop")
   process.become_child(proc, parent_pid, parent_name, authkey)
   local co, main = coroutine.running()
   local ok, err
@@ -83,7 +85,6 @@ end
 
 -- Start method "fork", in the new child.
 function M.run_forked(proc)
-  collectgarbage("stop")
   pause_jit()
   local parent_name = process.current_process().name
   util.run_after_fork()
@@ -245,7 +246,6 @@ local seeded = false
 
 -- Spawned and forkserver children: decode the payload and run it.
 function M.run_payload(bytes, fds)
-  collectgarbage("stop")
   pause_jit()
   if not seeded then util.reseed_random() end
   local mp = require("multiprocessing")  -- registers the classes decoding needs

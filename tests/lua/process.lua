@@ -110,6 +110,14 @@ T.eq(exitcode_of(function() os.exit(true) end), 0, "os.exit(true)")
 T.eq(exitcode_of(function() os.exit(false) end), 1, "os.exit(false)")
 T.eq(exitcode_of(function() mp.getpid() end), 0, "return gives 0")
 
+-- A child starts up with its collector stopped; its target runs with it
+-- going (200,000 tables, ~16 MB of garbage, must not all stay).
+T.eq(exitcode_of(function()
+  local before, slots = collectgarbage("count"), {}
+  for i = 1, 200000 do slots[i % 8 + 1] = { i, i, i, i } end
+  os.exit(collectgarbage("count") - before < 8000 and 0 or 5)
+end), 0, "the collector runs in the target")
+
 -- A child starts up with the JIT compiler off (bootstrap.lua says why); its
 -- target runs with the compiler on, or off after a fork from a parent that
 -- turned it off.
