@@ -290,7 +290,10 @@ end
 -- mp.fork(): the raw fork; the child owns none of its parent's processes.
 function M.fork()
   local pid = core.fork()
-  if pid == 0 then util.run_after_fork() end
+  if pid == 0 then
+    util.run_after_fork()
+    rawset(current, "_pid", core.getpid())  -- still the current process, as in Python
+  end
   return pid
 end
 jit.off(M.fork)  -- see popen_fork.start: no trace for the child to exit

@@ -305,6 +305,17 @@ do -- a short child's successor may start on its parent's CPU (process.cpp); nei
   T.eq(mp.waitpid(pid), 0, "mp.fork() restores the mask too")
 end
 
+do -- after the raw fork the child is still "the current process", with its own pid
+  local me = mp.current_process()
+  local pid = mp.fork()
+  if pid == 0 then
+    local cur = mp.current_process()
+    os.exit((cur == me and cur.pid == mp.getpid() and cur.ident == mp.getpid()) and 0 or 1)
+  end
+  T.eq(mp.waitpid(pid), 0, "current_process().pid in a raw fork child is its own pid")
+  T.eq(me.pid, mp.getpid(), "and the parent's is unchanged")
+end
+
 -- -- Contexts -----------------------------------------------------------------------
 
 do
