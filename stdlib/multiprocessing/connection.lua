@@ -167,9 +167,8 @@ local function watched_fd(o, i)
   if type(o) == "table" and rawget(o, "_identity") then  -- a Process
     -- A closed one's sentinel number may belong to another file by now.
     if rawget(o, "_closed") then raise("ValueError", ("wait: object #%d is a closed process object"):format(i)) end
-    local fd = o.sentinel
-    if fd == nil then raise("ValueError", ("wait: object #%d is a process that was not started"):format(i)) end
-    return fd
+    if not rawget(o, "_popen") then raise("ValueError", ("wait: object #%d is a process that was not started"):format(i)) end
+    return o.sentinel
   end
   if type(o) == "table" and type(o.sentinel) == "number" then return o.sentinel end  -- parent_process()
   local fileno = (type(o) == "table" or type(o) == "userdata") and o.fileno

@@ -57,10 +57,12 @@ function getters.exitcode(self)
   return popen and popen:poll()
 end
 
+-- As in Python, there is none before start().
 function getters.sentinel(self)
   if rawget(self, "_closed") then raise("ValueError", "Process.sentinel: process object is closed") end
   local popen = rawget(self, "_popen")
-  return popen and popen:sentinel()
+  if not popen then raise("ValueError", "Process.sentinel: process not started") end
+  return popen:sentinel()
 end
 
 function setters.daemon(self, daemonic)

@@ -179,7 +179,7 @@ end
 do
   local p = mp.Process{target = function() end}
   T.eq(p.pid, nil, "pid before start")
-  T.eq(p.sentinel, nil, "sentinel before start")
+  T.checkerr("ValueError", "not started", function() return p.sentinel end)
   T.check(p.name:match("^Process%-%d+$"), "default name " .. p.name)
   T.eq(p.daemon, false, "not a daemon by default")
   T.eq(type(p.authkey), "string", "authkey is a string")
