@@ -51,10 +51,13 @@ function getters.daemon(self) return rawget(self, "_daemon") end
 -- its child inherits (as Python's Process copies its parent's at creation).
 function getters.authkey(self) return rawget(self, "_authkey") or authkey end
 
+-- nil also for another process's child (a fork child's copy of its
+-- parent's Process objects), as in Python.
 function getters.exitcode(self)
   if rawget(self, "_closed") then return rawget(self, "_exitcode") end
   local popen = rawget(self, "_popen")
-  return popen and popen:poll()
+  if not popen or rawget(self, "_parent_pid") ~= rawget(current, "_pid") then return nil end
+  return popen:poll()
 end
 
 -- As in Python, there is none before start().
@@ -158,12 +161,18 @@ function Process:run()
   end
 end
 
+-- As Python asserts: a Process object is started, joined and tested only
+-- by the process that made it (a fork child holds copies of its parent's).
+local function check_made_here(self, method, what)
+  if rawget(self, "_parent_pid") ~= rawget(current, "_pid") then
+    raise("AssertionError", ("Process:%s: can only %s"):format(method, what))
+  end
+end
+
 function Process:start()
   check_open(self, "start")
   if rawget(self, "_popen") then raise("ValueError", "Process:start: cannot start a process twice") end
-  if self._parent_pid ~= core.getpid() then
-    raise("ProcessError", "Process:start: can only start a process object created by the current process")
-  end
+  check_made_here(self, "start", "start a process object created by the current process")
   if nchildren >= sweep_at then
     -- Amortised: polling every child on every start would make starting n
     -- processes cost n^2/2 polls (CPython does that).
@@ -182,6 +191,8 @@ end
 -- the cost of a short start+join. What the joiner can observe is final by
 -- then (proc::report_exit); the pid lives on briefly.
 function Process:join(timeout)
+  check_open(self, "join")
+  check_made_here(self, "join", "join a child process")
   local popen = started(self, "join", "join")
   if popen:wait(timeout) ~= nil then forget(self) end
 end
@@ -189,6 +200,7 @@ end
 function Process:is_alive()
   check_open(self, "is_alive")
   if self == current then return true end
+  check_made_here(self, "is_alive", "test a child process")
   local popen = rawget(self, "_popen")
   if not popen then return false end
   if popen:poll() == nil then return true end

@@ -305,6 +305,28 @@ do -- a short child's successor may start on its parent's CPU (process.cpp); nei
   T.eq(mp.waitpid(pid), 0, "mp.fork() restores the mask too")
 end
 
+-- A fork child holds copies of its parent's Process objects: as Python
+-- asserts, it may not start, join or test them; their exitcode reads nil.
+if method == "fork" then
+  local running = mp.Process{target = mp.sleep, args = {0.5}}
+  local unstarted = mp.Process{target = print}
+  running:start()
+  local got = in_child(function(emit)
+    local function err_of(f, ...) local ok, e = pcall(f, ...); return ok and "ok" or (e.type .. ": " .. e.message) end
+    emit(err_of(running.join, running), err_of(running.is_alive, running), tostring(running.exitcode),
+         err_of(unstarted.start, unstarted), err_of(mp.current_process().join, mp.current_process()))
+  end)
+  T.eq(got, table.concat({
+    "AssertionError: Process:join: can only join a child process",
+    "AssertionError: Process:is_alive: can only test a child process",
+    "nil",
+    "AssertionError: Process:start: can only start a process object created by the current process",
+    "AssertionError: Process:join: can only join a child process", ""}, "\n"), "a fork child and its parent's Process objects")
+  running:join()
+  T.eq(running.exitcode, 0, "the parent still joins its own")
+end
+T.checkerr("AssertionError", "can only join a child process", mp.current_process().join, mp.current_process())
+
 do -- after the raw fork the child is still "the current process", with its own pid
   local me = mp.current_process()
   local pid = mp.fork()
