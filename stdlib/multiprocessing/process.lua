@@ -122,7 +122,7 @@ function Process:init(group, target, name, args, daemon)
   self._identity = identity
   self._target = target
   self._args = args or NO_ARGS
-  self._parent_pid = core.getpid()
+  self._parent_pid = rawget(current, "_pid")  -- start() compares with the same
   self._parent_name = current.name
   self.name = name or (#identity == 1 and "Process-" .. counter or "Process-" .. table.concat(identity, ":"))
   if daemon == nil then daemon = current.daemon end
