@@ -208,7 +208,12 @@ int l_core_fork(lua_State* L) {
 // core.waitpid(pid) -> exitcode
 int l_core_waitpid(lua_State* L) {
   if (lua_type(L, 1) != LUA_TNUMBER) arg_type_error(L, "waitpid", 1, "pid", "number");
-  lua_pushinteger(L, proc::waitpid_exitcode(static_cast<pid_t>(lua_tointeger(L, 1))));
+  lua_Number n = lua_tonumber(L, 1);
+  // 0 and -1 would reap any child, Process children and the forkserver too.
+  if (!(n >= 1 && n <= 0x7fffffff) || n != static_cast<lua_Number>(static_cast<pid_t>(n)))
+    raise_error(L, ErrType::ValueError, "waitpid: pid must be a process id (an integer above 0), got " + std::string(lua_tostring(L, 1)));
+  auto pid = static_cast<pid_t>(n);
+  lua_pushinteger(L, proc::waitpid_exitcode(static_cast<pid_t>(pid)));
   return 1;
 }
 

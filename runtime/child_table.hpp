@@ -25,6 +25,7 @@ class ChildTable {
   explicit ChildTable(std::size_t capacity = 128) { reset(capacity); }
 
   Child* find(pid_t pid) {
+    if (pid <= 0) return nullptr;  // the markers of empty and erased slots
     for (std::size_t i = slot_of(pid);; i = next(i)) {
       pid_t here = slots_[i].pid;
       if (here == pid) return &slots_[i];

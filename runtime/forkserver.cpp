@@ -284,8 +284,8 @@ void idle_child_wait(const Server& s, int chan, Work* work) {
 // only on a CPU that would otherwise be idle: with a single usable CPU it
 // adds a decode of the sample to the work every start waits for, and when
 // starts come back to back it takes CPU time from them (a start+join loop
-// ran 5-7% slower). So a child warms up only if no work came within
-// kWarmUpAfter of its birth; in such a loop work comes sooner than that.
+// ran 5-7% slower). So a child warms up only if no work came within 1 ms
+// of its birth; in such a loop work comes sooner than that.
 constexpr int64_t kWarmUpAfterNs = 1'000'000;
 
 bool should_warm_up(int chan) {

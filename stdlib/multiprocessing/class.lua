@@ -70,10 +70,6 @@ function class.parent(cls)
   return type(parent) == "table" and parent or nil
 end
 
--- A sendable description of `cls`: the name of the nearest class that was
--- given to mp.register_class, plus what each subclass below it defines
--- itself. Copied metamethods and the generated __index stay behind: they
--- may close over module state that cannot be sent.
 -- The description of a registered class, made once per name: a forkserver
 -- or spawn start describes the Process class every time.
 local by_name = setmetatable({}, { __index = function(t, name)
@@ -82,6 +78,10 @@ local by_name = setmetatable({}, { __index = function(t, name)
   return desc
 end })
 
+-- A sendable description of `cls`: the name of the nearest class that was
+-- given to mp.register_class, plus what each subclass below it defines
+-- itself. Copied metamethods and the generated __index stay behind: they
+-- may close over module state that cannot be sent.
 function class.describe(cls)
   local name = debug.getregistry()["luamp.class_names"][cls]
   if name then return by_name[name] end

@@ -268,6 +268,10 @@ end
 T.checkerr("ValueError", "'bogus'", mp.set_start_method, "bogus", true)
 T.checkerr("RuntimeError", "already", mp.set_start_method, "fork")
 T.checkerr("ValueError", "bogus", mp.get_context, "bogus")
+-- 0 and -1 would wait for any child (SPEC: luamp never does)
+T.checkerr("ValueError", "above 0), got -1", mp.waitpid, -1)
+T.checkerr("ValueError", "above 0), got 0", mp.waitpid, 0)
+T.checkerr("ValueError", "got 2.5", mp.waitpid, 2.5)
 
 -- -- Unsendable arguments -------------------------------------------------------
 

@@ -30,6 +30,9 @@ TEST_CASE("entries collide, are erased and stay findable") {
   CHECK(again == nineteen);
   CHECK(t.insert(11).second);  // reuses the erased slot
   CHECK(t.size() == 4);
+  t.erase(t.find(4));
+  CHECK(t.find(0) == nullptr);   // what empty slots hold
+  CHECK(t.find(-1) == nullptr);  // what erased slots hold
 }
 
 TEST_CASE("the table grows and drops erased slots without losing entries") {
