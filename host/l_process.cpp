@@ -212,8 +212,7 @@ int l_core_waitpid(lua_State* L) {
   // 0 and -1 would reap any child, Process children and the forkserver too.
   if (!(n >= 1 && n <= 0x7fffffff) || n != static_cast<lua_Number>(static_cast<pid_t>(n)))
     raise_error(L, ErrType::ValueError, "waitpid: pid must be a process id (an integer above 0), got " + std::string(lua_tostring(L, 1)));
-  auto pid = static_cast<pid_t>(n);
-  lua_pushinteger(L, proc::waitpid_exitcode(static_cast<pid_t>(pid)));
+  lua_pushinteger(L, proc::waitpid_exitcode(static_cast<pid_t>(n)));
   return 1;
 }
 

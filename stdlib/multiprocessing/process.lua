@@ -51,12 +51,17 @@ function getters.daemon(self) return rawget(self, "_daemon") end
 -- its child inherits (as Python's Process copies its parent's at creation).
 function getters.authkey(self) return rawget(self, "_authkey") or authkey end
 
--- nil also for another process's child (a fork child's copy of its
--- parent's Process objects), as in Python.
+-- Whether this process made `self` (a fork child holds copies of its
+-- parent's Process objects, which are not its children).
+local function made_here(self)
+  return rawget(self, "_parent_pid") == rawget(current, "_pid")
+end
+
+-- nil also for another process's child, as in Python.
 function getters.exitcode(self)
   if rawget(self, "_closed") then return rawget(self, "_exitcode") end
   local popen = rawget(self, "_popen")
-  if not popen or rawget(self, "_parent_pid") ~= rawget(current, "_pid") then return nil end
+  if not popen or not made_here(self) then return nil end
   return popen:poll()
 end
 
@@ -145,11 +150,15 @@ local function check_open(self, method)
 end
 
 -- The started child's handle; `verb` names the misuse otherwise.
-local function started(self, method, verb)
-  check_open(self, method)
+local function popen_of(self, method, verb)
   local popen = rawget(self, "_popen")
   if not popen then raise("AssertionError", ("Process:%s: can only %s a started process"):format(method, verb)) end
   return popen
+end
+
+local function started(self, method, verb)
+  check_open(self, method)
+  return popen_of(self, method, verb)
 end
 
 function Process:run()
@@ -162,9 +171,9 @@ function Process:run()
 end
 
 -- As Python asserts: a Process object is started, joined and tested only
--- by the process that made it (a fork child holds copies of its parent's).
+-- by the process that made it.
 local function check_made_here(self, method, what)
-  if rawget(self, "_parent_pid") ~= rawget(current, "_pid") then
+  if not made_here(self) then
     raise("AssertionError", ("Process:%s: can only %s"):format(method, what))
   end
 end
@@ -193,7 +202,7 @@ end
 function Process:join(timeout)
   check_open(self, "join")
   check_made_here(self, "join", "join a child process")
-  local popen = started(self, "join", "join")
+  local popen = popen_of(self, "join", "join")
   if popen:wait(timeout) ~= nil then forget(self) end
 end
 
