@@ -23,6 +23,7 @@
 
 #include "errors.hpp"
 #include "futex.hpp"
+#include "huge_text.hpp"
 #include "process.hpp"
 
 namespace luamp::forkserver {
@@ -509,6 +510,7 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
   // below look up, instead of each doing it again.
   proc::flush_stdio();
   futex::several_cpus();
+  huge_text::remap();
   if (sched_getaffinity(0, sizeof s.cpus, &s.cpus) != 0) CPU_ZERO(&s.cpus);  // restoring it then fails, harmlessly
   sigset_t chld;
   sigemptyset(&chld);

@@ -1,6 +1,7 @@
 // process.cpp — child registry, fork/spawn with the child-init protocol,
 // waiting and signals. See process.hpp for the contract.
 #include "process.hpp"
+#include "huge_text.hpp"
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -376,7 +377,14 @@ int sentinel(const Child& c) {
   return c.method == Method::forkserver && c.chan >= 0 ? c.chan : c.pidfd;
 }
 
+// A process that has forked this many children is taken to fork more: its
+// code then goes onto a huge page (huge_text.hpp), once, for ~0.7 ms,
+// which each later child repays by not faulting the code in.
+constexpr int kForksBeforeHugeText = 8;
+int g_forks = 0;
+
 pid_t fork_child(Method method) {
+  if (++g_forks == kForksBeforeHugeText) huge_text::remap();
   shm::ensure();  // parent and child share one arena from here on
   if (method != Method::raw) devnull();
   flush_stdio();
