@@ -73,6 +73,26 @@ function getters.sentinel(self)
   return popen:sentinel()
 end
 
+-- "Process-N" ("Process-N:M" in a child's child), made on first read: made
+-- at construction it was an allocation and a string-table write per start
+-- in a parent whose pages its running children share, each write a page
+-- copy (about 3 of a fork parent's 22 per start).
+function getters.name(self)
+  local name = rawget(self, "_name")
+  if name == nil then
+    name = "Process-" .. table.concat(rawget(self, "_identity"), ":")
+    rawset(self, "_name", name)
+  end
+  return name
+end
+
+function setters.name(self, name)
+  if type(name) ~= "string" then
+    raise("TypeError", "Process.name: expected a string, got " .. type(name))
+  end
+  rawset(self, "_name", name)
+end
+
 function setters.daemon(self, daemonic)
   if rawget(self, "_popen") then raise("AssertionError", "Process.daemon: process has already started") end
   rawset(self, "_daemon", daemonic and true or false)
@@ -87,7 +107,7 @@ function setters.authkey(self, key)
   if self == current then authkey = key else rawset(self, "_authkey", key) end
 end
 
--- init sets 7 fields, start() 2 or 3 more.
+-- init sets 5 or 6 fields, start() 2 or 3 more.
 local Process = class.new("Process", getters, 12, setters)
 Process.__mp_unsendable = "Process"
 M.Process = Process
@@ -128,8 +148,7 @@ function Process:init(group, target, name, args, daemon)
   self._target = target
   self._args = args or NO_ARGS
   self._parent_pid = rawget(current, "_pid")  -- start() compares with the same
-  self._parent_name = current.name
-  self.name = name or (#identity == 1 and "Process-" .. counter or "Process-" .. table.concat(identity, ":"))
+  if name then self._name = name end
   if daemon == nil then daemon = current.daemon end
   self.daemon = daemon and true or false
 end
@@ -359,6 +378,6 @@ end
 
 util.at_exit(join_children)
 
-current = setmetatable({ _identity = {}, name = "MainProcess", _daemon = false, _pid = core.getpid() }, Process)
+current = setmetatable({ _identity = {}, _name = "MainProcess", _daemon = false, _pid = core.getpid() }, Process)
 
 return M

@@ -192,6 +192,26 @@ do
   T.check(core.wait_readable(p.sentinel, 0), "sentinel readable once ended")
 end
 
+do -- a name set after construction, or the default one, is the child's too
+  local out = tmpfile()
+  local named = mp.Process{target = function(path)
+    local f = io.open(path, "w"); f:write(mp.current_process().name); f:close()
+  end, args = {out}}
+  named.name = "renamed"
+  T.eq(named.name, "renamed", "name set after construction")
+  named:start(); named:join()
+  T.eq(slurp(out), "renamed", "the child sees the name set before start")
+  local plain = mp.Process{target = function(path)
+    local f = io.open(path, "w"); f:write(mp.current_process().name); f:close()
+  end, args = {out}}
+  plain:start(); plain:join()
+  T.eq(slurp(out), plain.name, "the child's default name is its parent's for it")
+  T.check(plain.name:match("^Process%-%d+$"), "default name " .. plain.name)
+  T.checkerr("TypeError", "Process.name: expected a string, got number", function() named.name = 5 end)
+  T.checkerr("TypeError", "expected a string, got nil", function() named.name = nil end)
+  T.eq(named.name, "renamed", "a refused name leaves the old one")
+end
+
 do -- the child sees the same authkey, its own pid, its parent
   local got = in_child(function(emit, key, ppid)
     local me, parent = mp.current_process(), mp.parent_process()
