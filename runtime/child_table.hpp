@@ -16,6 +16,7 @@
 #include <utility>
 #include <vector>
 
+#include "not_inherited.hpp"
 #include "process.hpp"
 
 namespace luamp::proc {
@@ -76,13 +77,14 @@ class ChildTable {
 
   // Drops the erased markers, doubling the array if it is over a quarter full.
   void rebuild() {
-    std::vector<Child> old = std::move(slots_);
+    auto old = std::move(slots_);
     reset(live_ * 4 > old.size() ? old.size() * 2 : old.size());
     for (Child& c : old)
       if (c.pid > 0) *insert(c.pid).first = c;
   }
 
-  std::vector<Child> slots_;  // size: a power of two
+  // Written by every start while earlier children run, read by no child.
+  std::vector<Child, not_inherited::Allocator<Child>> slots_;  // size: a power of two
   std::size_t used_ = 0;      // slots not empty: live or erased
   std::size_t live_ = 0;
 };

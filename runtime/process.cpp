@@ -2,6 +2,7 @@
 // waiting and signals. See process.hpp for the contract.
 #include "process.hpp"
 #include "huge_text.hpp"
+#include "not_inherited.hpp"
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -49,9 +50,9 @@ struct Registry {
   uint64_t last_gen = 0;        // beside `running`: a start writes no other page for it
 };
 
-// Made on first use. A new child abandons its parent's copy instead of
-// freeing it: that would write to (and so copy) heap pages shared with the
-// parent, for nothing.
+// Made on first use, in memory a forked child does not get (every start
+// writes it while earlier children run: see not_inherited.hpp), never
+// freed: a new child forgets it and makes its own.
 Registry* g_children = nullptr;
 // A new child's registry numbers on from its parent's: a handle the child
 // inherited carries one of its parent's generations, which none of the
@@ -60,11 +61,13 @@ uint64_t g_inherited_gen = 0;
 
 Registry& registry() {
   if (!g_children) {
-    g_children = new Registry;
+    g_children = new (not_inherited::allocate(sizeof(Registry))) Registry;
     g_children->last_gen = g_inherited_gen;
   }
   return *g_children;
 }
+
+uint64_t last_gen() { return g_children ? g_children->last_gen : g_inherited_gen; }
 std::string g_executable;  // empty: this process's own executable
 
 // The resolved path, so that children show as "luamp" in ps, not "exe".
@@ -364,8 +367,7 @@ void init_child(pid_t parent, bool keep_stdin) {
   // keeps no process alive, and closing one per sibling made each start cost
   // O(running siblings); starting 64 processes at once spent a fifth of its
   // time in close(). The forkserver's sockets are closed: their EOF matters.
-  if (g_children) g_inherited_gen = g_children->last_gen;
-  g_children = nullptr;
+  g_children = nullptr;  // not mapped here after a fork
   forkserver::forget_in_child();
   if (g_exit_report_fd >= 0) close_fd(g_exit_report_fd);
   if (!keep_stdin) redirect_stdin_to_devnull();
@@ -379,22 +381,25 @@ int sentinel(const Child& c) {
 
 // A process that has forked this many children is taken to fork more: its
 // code then goes onto a huge page (huge_text.hpp), once, for ~0.7 ms,
-// which each later child repays by not faulting the code in.
+// which each later child repays by not faulting the code in. The count
+// stops there: a write per start would copy its page while children share it.
 constexpr int kForksBeforeHugeText = 8;
 int g_forks = 0;
 
 pid_t fork_child(Method method) {
-  if (++g_forks == kForksBeforeHugeText) huge_text::remap();
+  if (g_forks < kForksBeforeHugeText && ++g_forks == kForksBeforeHugeText) huge_text::remap();
   shm::ensure();  // parent and child share one arena from here on
   if (method != Method::raw) devnull();
   flush_stdio();
   pid_t parent = getpid();
+  uint64_t gen = last_gen();
   cpu_set_t saved;
   bool pinned = next_child_is_short() && pin_to_this_cpu(0, &saved);
   pid_t pid = fork();
   if (pinned) sched_setaffinity(0, sizeof saved, &saved);  // parent and child alike
   if (pid < 0) fail_errno("fork", errno);
   if (pid == 0) {
+    g_inherited_gen = gen;
     init_child(parent, method == Method::raw);
     return 0;
   }
