@@ -177,11 +177,6 @@ void reap_forkserver_child(Child& c) {
   mark_reaped(c, code ? *code : forkserver::await_status(c.pid));
 }
 
-void collect(Child& c) {
-  if (c.method == Method::forkserver) reap_forkserver_child(c);
-  else reap_direct(c, 0);
-}
-
 // How long a waiter polls before it sleeps (a child that takes longer costs
 // its joiner at most this much CPU). Waking a sleeping process on a
 // VM costs 50-150 us when its vCPU has gone idle, more than a short child
@@ -192,33 +187,18 @@ constexpr double kSpinSeconds = 1e-3;
 
 double spin_budget() { return futex::several_cpus() ? kSpinSeconds : 0.0; }
 
-// The fds whose readiness says `c` has ended: its sentinel, and the pidfd
-// too in case a forkserver child's channel was inherited by a process that
-// outlives it (the pidfd never is).
-int end_fds(const Child& c, pollfd* p) {
-  p[0] = {c.pidfd, POLLIN, 0};
-  if (sentinel(c) == c.pidfd) return 1;
-  p[1] = {c.chan, POLLIN, 0};
-  return 2;
-}
-
-bool spin_readable(const Child& c, int64_t until) {
-  pollfd p[2];
-  int n = end_fds(c, p);
-  do {
-    if (::poll(p, n, 0) > 0) return true;
+// Polls `ended` between sched_yield()s until it holds or `until` passes.
+template <class Ended>
+bool spin_until(Ended ended, int64_t until) {
+  for (;;) {
+    if (ended()) return true;
+    if (futex::now_ns() >= until) return false;
     sched_yield();
-  } while (futex::now_ns() < until);
-  return false;
+  }
 }
 
-// Waits until `c` has ended; false on timeout.
-bool wait_ended(const Child& c, double timeout) {
-  int64_t deadline = futex::deadline_after(timeout);
-  double spin = spin_budget();
-  if (timeout != 0 && spin > 0 && spin_readable(c, std::min(deadline, futex::deadline_after(spin)))) return true;
-  pollfd p[2];
-  int n = end_fds(c, p);
+// Polls `p` until readable; false once `deadline` has passed.
+bool poll_until(pollfd* p, int n, int64_t deadline) {
   for (;;) {
     int r = ::poll(p, n, futex::poll_ms(deadline));
     if (r > 0) return true;
@@ -228,6 +208,43 @@ bool wait_ended(const Child& c, double timeout) {
     }
     if (errno != EINTR) fail_errno("poll", errno);
   }
+}
+
+// A forkserver child has ended once its channel (its sentinel) or its
+// pidfd is readable: the pidfd too in case the channel was inherited by a
+// process that outlives it (the pidfd never is). False on timeout.
+bool wait_forkserver_child(const Child& c, double timeout) {
+  int64_t deadline = futex::deadline_after(timeout);
+  pollfd p[2] = {{c.pidfd, POLLIN, 0}, {c.chan, POLLIN, 0}};
+  int n = c.chan >= 0 ? 2 : 1;
+  auto readable = [&] { return ::poll(p, n, 0) > 0; };
+  double spin = spin_budget();
+  if (timeout != 0 && spin > 0 && spin_until(readable, std::min(deadline, futex::deadline_after(spin)))) return true;
+  return poll_until(p, n, deadline);
+}
+
+// A fork, spawn or raw child is our own: waitpid waits for it, and it
+// needs no pidfd until a timed wait or Process.sentinel asks for one (its
+// pid cannot be reused before we reap it, so a late pidfd is as good).
+// Opening one per start cost a syscall, and an fd that every child forked
+// after it inherited and closed at its exit. Reaps it; false on timeout.
+bool wait_direct_child(Child& c, double timeout) {
+  if (reap_direct(c, WNOHANG)) return true;
+  if (timeout == 0) return false;
+  int64_t deadline = futex::deadline_after(timeout);
+  double spin = spin_budget();
+  if (spin > 0 && spin_until([&] { return reap_direct(c, WNOHANG); }, std::min(deadline, futex::deadline_after(spin))))
+    return true;
+  if (deadline == futex::kNoDeadline) return reap_direct(c, 0);
+  if (sentinel(c) < 0) {  // no fd to spare: poll waitpid
+    while (!reap_direct(c, WNOHANG)) {
+      if (futex::now_ns() >= deadline) return false;
+      usleep(1000);
+    }
+    return true;
+  }
+  pollfd p{c.pidfd, POLLIN, 0};
+  return poll_until(&p, 1, deadline) && reap_direct(c, 0);
 }
 
 // /dev/null, opened by the first process that starts a child and inherited
@@ -375,8 +392,10 @@ void init_child(pid_t parent, bool keep_stdin) {
 
 bool is_child() { return g_is_child; }
 
-int sentinel(const Child& c) {
-  return c.method == Method::forkserver && c.chan >= 0 ? c.chan : c.pidfd;
+int sentinel(Child& c) {
+  if (c.method == Method::forkserver) return c.chan >= 0 ? c.chan : c.pidfd;
+  if (c.pidfd < 0 && !c.reaped) c.pidfd = pidfd_open(c.pid, 0);  // see wait_direct_child
+  return c.pidfd;
 }
 
 // A process that has forked this many children is taken to fork more: its
@@ -403,7 +422,7 @@ pid_t fork_child(Method method) {
     init_child(parent, method == Method::raw);
     return 0;
   }
-  add_child(pid, pidfd_open(pid, 0), method);
+  add_child(pid, -1, method);
   return pid;
 }
 
@@ -480,7 +499,7 @@ pid_t spawn_child(std::string_view payload, const std::vector<int>& fds) {
     throw;
   }
   close(sv[1]);
-  add_child(pid, pidfd_open(pid, 0), Method::spawn);
+  add_child(pid, -1, Method::spawn);
   // A child that died before reading shows up in its exit code; EPIPE here
   // needs no report of its own.
   for (size_t off = 0; off < payload.size();) {
@@ -537,16 +556,12 @@ std::optional<int> poll(Child& c) {
 
 std::optional<int> wait(Child& c, double timeout) {
   if (c.reaped) return c.exitcode;
-  if (c.pidfd < 0) {  // no pidfd (fd limit): fall back to polling waitpid
-    int64_t deadline = futex::deadline_after(timeout);
-    while (!reap_direct(c, WNOHANG)) {
-      if (deadline != futex::kNoDeadline && futex::now_ns() >= deadline) return std::nullopt;
-      usleep(1000);
-    }
+  if (c.method != Method::forkserver) {
+    if (!wait_direct_child(c, timeout)) return std::nullopt;
     return c.exitcode;
   }
-  if (!wait_ended(c, timeout)) return std::nullopt;
-  collect(c);
+  if (!wait_forkserver_child(c, timeout)) return std::nullopt;
+  reap_forkserver_child(c);
   return c.exitcode;
 }
 

@@ -29,7 +29,7 @@ enum class Method { fork, spawn, forkserver, raw };
 
 struct Child {
   pid_t pid = -1;
-  int pidfd = -1;   // readable once the process has ended
+  int pidfd = -1;   // readable once the process has ended; fork/spawn: made by sentinel()
   int chan = -1;    // forkserver children: where they report their exit code
   Method method = Method::fork;
   bool reaped = false;
@@ -42,7 +42,8 @@ struct Child {
 
 // -- Registry ----------------------------------------------------------------
 
-// Requires: pid is a child started by this process. Takes ownership of fds.
+// Requires: pid is a child started by this process. Takes ownership of fds
+// (pidfd may be -1: see sentinel).
 // An ended, unreleased entry of an earlier child with the same pid stays
 // reachable by its generation (its Process object still reads it).
 Child& add_child(pid_t pid, int pidfd, Method method, int chan = -1);
@@ -53,8 +54,9 @@ Child* find_child(pid_t pid);
 Child* find_child(pid_t pid, uint64_t gen);
 // The fd readable once `c` has ended (Process.sentinel): a forkserver
 // child's report channel (the report comes just before its exit, see
-// report_exit), else its pidfd.
-int sentinel(const Child& c);
+// report_exit), else its pidfd, which a fork or spawn child gets only here
+// (-1 if this process is out of fds).
+int sentinel(Child& c);
 // Closes the child's fds and forgets it. Effects: an unreaped fork/spawn
 // child is reaped first if it has ended, so no zombie is left behind.
 void release_child(pid_t pid);

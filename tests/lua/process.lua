@@ -192,6 +192,20 @@ do
   T.check(core.wait_readable(p.sentinel, 0), "sentinel readable once ended")
 end
 
+do -- a child holds no fd for each sibling still running (it would close them all at exit)
+  local function open_fds(emit)
+    local n = 0
+    for _ in io.popen("ls /proc/" .. mp.getpid() .. "/fd"):lines() do n = n + 1 end
+    emit(n)
+  end
+  local alone = tonumber((in_child(open_fds)))
+  local siblings = {}
+  for i = 1, 8 do siblings[i] = mp.Process{target = mp.sleep, args = {30}}; siblings[i]:start() end
+  local crowded = tonumber((in_child(open_fds)))
+  for _, s in ipairs(siblings) do s:kill(); s:join() end
+  T.eq(crowded, alone, "open fds with 8 siblings running as with none")
+end
+
 do -- a name set after construction, or the default one, is the child's too
   local out = tmpfile()
   local named = mp.Process{target = function(path)

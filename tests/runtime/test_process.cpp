@@ -1,5 +1,5 @@
 // test_process.cpp — runtime/process: fork with the child-init protocol,
-// exit-status conventions, waits with timeouts, signals through pidfds, the
+// exit-status conventions, waits with timeouts, signals, sentinels made on first use, the
 // registry after fork, and raw children.
 #include <doctest/doctest.h>
 #include <poll.h>
@@ -50,18 +50,21 @@ TEST_CASE("wait honours its timeout and poll does not block") {
   proc::release_child(pid);
 }
 
-TEST_CASE("the sentinel becomes readable when the child ends") {
+TEST_CASE("the sentinel is made on first use and becomes readable when the child ends") {
   pid_t pid = start([] { usleep(100000); return 0; });
   proc::Child& c = *proc::find_child(pid);
-  REQUIRE(c.pidfd >= 0);
-  pollfd p{c.pidfd, POLLIN, 0};
+  CHECK(c.pidfd == -1);  // join and poll use waitpid
+  int fd = proc::sentinel(c);
+  REQUIRE(fd >= 0);
+  CHECK(proc::sentinel(c) == fd);  // made once
+  pollfd p{fd, POLLIN, 0};
   CHECK(::poll(&p, 1, 0) == 0);
   CHECK(::poll(&p, 1, 5000) == 1);
   CHECK(*proc::wait(c, -1) == 0);
   proc::release_child(pid);
 }
 
-TEST_CASE("signals go through the pidfd and are harmless once reaped") {
+TEST_CASE("signals reach the child and are harmless once reaped") {
   pid_t pid = start([] {
     signal(SIGTERM, SIG_DFL);  // doctest's crash handler is inherited
     pause();
