@@ -24,6 +24,7 @@
 #include "errors.hpp"
 #include "futex.hpp"
 #include "huge_text.hpp"
+#include "not_inherited.hpp"
 #include "process.hpp"
 
 namespace luamp::forkserver {
@@ -216,17 +217,23 @@ void client_drain() {
 
 // -- Server ------------------------------------------------------------------
 
+// What the server writes on every start, in memory its children do not
+// get (not_inherited.hpp): each page the server writes while children
+// share it is copied.
+struct Books {
+  std::vector<pid_t, not_inherited::Allocator<pid_t>> idle;
+  std::vector<Msg, not_inherited::Allocator<Msg>> outbox;  // STATUS messages; those before `sent` have gone
+  size_t sent = 0;
+};
+
+// What a new idle child reads too; the server writes it only when it starts.
 struct Server {
   int ctrl;
   int sigfd;
   void (*warm_up)();
   sigset_t old_mask;
   cpu_set_t cpus;  // the server's affinity, which a placed child gets back
-  // Vectors that keep their capacity: after each fork, every page the
-  // server writes is copied, and malloc's would be more of them.
-  std::vector<pid_t> idle;
-  std::vector<Msg> outbox;  // STATUS messages; those before `sent` have gone
-  size_t sent = 0;
+  Books* books;    // not mapped in a child
 };
 
 // Receives a WorkHeader, the fds attached to it and, in the same call, as
@@ -334,15 +341,15 @@ pid_t make_idle_child(Server& s, Work* work) {
   send_msg(s.ctrl, m, fds, 2, 0);
   close(fds[0]);
   close(fds[1]);
-  s.idle.push_back(pid);
+  s.books->idle.push_back(pid);
   return pid;
 }
 
 void forget_idle(Server& s, pid_t pid) {
-  auto it = std::find(s.idle.begin(), s.idle.end(), pid);
-  if (it == s.idle.end()) return;
-  *it = s.idle.back();
-  s.idle.pop_back();
+  auto it = std::find(s.books->idle.begin(), s.books->idle.end(), pid);
+  if (it == s.books->idle.end()) return;
+  *it = s.books->idle.back();
+  s.books->idle.pop_back();
 }
 
 void reap_children(Server& s) {
@@ -353,17 +360,17 @@ void reap_children(Server& s) {
   pid_t pid;
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
     forget_idle(s, pid);
-    s.outbox.push_back({kStatus, pid, status});
+    s.books->outbox.push_back({kStatus, pid, status});
   }
 }
 
-bool outbox_empty(const Server& s) { return s.sent == s.outbox.size(); }
+bool outbox_empty(const Server& s) { return s.books->sent == s.books->outbox.size(); }
 
 void flush_outbox(Server& s) {
-  while (!outbox_empty(s) && send_msg(s.ctrl, s.outbox[s.sent], nullptr, 0, MSG_DONTWAIT)) ++s.sent;
+  while (!outbox_empty(s) && send_msg(s.ctrl, s.books->outbox[s.books->sent], nullptr, 0, MSG_DONTWAIT)) ++s.books->sent;
   if (outbox_empty(s)) {
-    s.outbox.clear();
-    s.sent = 0;
+    s.books->outbox.clear();
+    s.books->sent = 0;
   }
 }
 
@@ -373,7 +380,7 @@ void flush_outbox(Server& s) {
 // that none outlives the client (whose stop() waits for the server) and
 // ends up with some other reaper.
 [[noreturn]] void shutdown(Server& s) {
-  for (pid_t pid : s.idle) kill(pid, SIGKILL);
+  for (pid_t pid : s.books->idle) kill(pid, SIGKILL);
   while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
   }
   _exit(0);
@@ -501,9 +508,10 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
   // Never freed: the child that returns from here abandons it, as freeing
   // would write to heap pages it shares with the server.
   Server& s = *new Server;
+  s.books = new (not_inherited::allocate(sizeof(Books))) Books;
   s.ctrl = ctrl;
-  s.idle.reserve(static_cast<size_t>(idle_target));
-  s.outbox.reserve(64);
+  s.books->idle.reserve(static_cast<size_t>(idle_target));
+  s.books->outbox.reserve(64);
   s.warm_up = warm_up;
   // Whatever the preloads printed goes out once, not again from each child.
   // The children inherit what flush_stdio(), several_cpus() and the mask
@@ -519,7 +527,7 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
   s.sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
   if (s.sigfd < 0) fail_errno("signalfd", errno);
   for (;;) {
-    while (static_cast<int>(s.idle.size()) < idle_target) {
+    while (static_cast<int>(s.books->idle.size()) < idle_target) {
       if (make_idle_child(s, work) == 0) return;
     }
     pollfd p[2] = {{s.ctrl, static_cast<short>(POLLIN | (outbox_empty(s) ? 0 : POLLOUT)), 0},
