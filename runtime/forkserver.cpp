@@ -323,7 +323,7 @@ pid_t make_idle_child(Server& s, Work* work) {
     close(s.sigfd);
     close(sv[0]);
     sigprocmask(SIG_SETMASK, &s.old_mask, nullptr);
-    proc::init_child(server);
+    proc::init_child(server, true);  // stdin: the server's, /dev/null already
     if (should_warm_up(sv[1])) s.warm_up();
     idle_child_wait(s, sv[1], work);
     return 0;

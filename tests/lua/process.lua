@@ -192,6 +192,15 @@ do
   T.check(core.wait_readable(p.sentinel, 0), "sentinel readable once ended")
 end
 
+do -- a child's stdin is /dev/null, as in Python (it reads nothing of its parent's)
+  local got = in_child(function(emit)
+    local f = io.popen("readlink /proc/" .. mp.getpid() .. "/fd/0")
+    emit(f:read("*l"), io.stdin:read("*a"))
+    f:close()
+  end)
+  T.eq(got, "/dev/null\n\n", "stdin of a child")
+end
+
 do -- a child holds no fd for each sibling still running (it would close them all at exit)
   local function open_fds(emit)
     local n = 0
