@@ -174,6 +174,29 @@ do
   T.eq(p.exitcode, 0, "joined")
 end
 
+do -- with SIGCHLD ignored (children reaped by the kernel), join still returns when its child ends
+  local got = in_child(function(emit)
+    local ffi = require("ffi")
+    ffi.cdef[[typedef void (*luamp_test_handler)(int); luamp_test_handler signal(int, luamp_test_handler);]]
+    ffi.C.signal(17, ffi.cast("luamp_test_handler", 1))  -- SIGCHLD, SIG_IGN
+    local long = mp.Process{target = mp.sleep, args = {5}}
+    long:start()
+    local short = mp.Process{target = mp.sleep, args = {0.2}}
+    short:start()
+    local t0 = mp.monotonic()
+    short:join()
+    emit(mp.monotonic() - t0 < 2, long:is_alive())
+    short = mp.Process{target = mp.sleep, args = {0.2}}
+    short:start()
+    short:join(0.05)
+    emit(short.exitcode)
+    short:join(3)
+    emit(short.exitcode ~= nil)
+    long:kill(); long:join()
+  end)
+  T.eq(got, "true\ntrue\nnil\ntrue\n", "joins with SIGCHLD ignored")
+end
+
 -- -- Fields ---------------------------------------------------------------------------
 
 do
