@@ -1,8 +1,6 @@
 // process.cpp — child registry, fork/spawn with the child-init protocol,
 // waiting and signals. See process.hpp for the contract.
 #include "process.hpp"
-#include "huge_text.hpp"
-#include "not_inherited.hpp"
 
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -10,7 +8,6 @@
 #include <sched.h>
 #include <signal.h>
 #include <spawn.h>
-#include "pidfd.hpp"
 #include <sys/prctl.h>
 #include <sys/single_threaded.h>
 #include <sys/socket.h>
@@ -29,6 +26,9 @@
 #include "errors.hpp"
 #include "forkserver.hpp"
 #include "futex.hpp"
+#include "huge_text.hpp"
+#include "not_inherited.hpp"
+#include "pidfd.hpp"
 #include "shm.hpp"
 #include "sync.h"
 
