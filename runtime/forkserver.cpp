@@ -346,10 +346,11 @@ pid_t make_idle_child(Server& s, Work* work) {
 }
 
 void forget_idle(Server& s, pid_t pid) {
-  auto it = std::find(s.books->idle.begin(), s.books->idle.end(), pid);
-  if (it == s.books->idle.end()) return;
-  *it = s.books->idle.back();
-  s.books->idle.pop_back();
+  auto& idle = s.books->idle;
+  auto it = std::find(idle.begin(), idle.end(), pid);
+  if (it == idle.end()) return;
+  *it = idle.back();
+  idle.pop_back();
 }
 
 void reap_children(Server& s) {
@@ -367,10 +368,11 @@ void reap_children(Server& s) {
 bool outbox_empty(const Server& s) { return s.books->sent == s.books->outbox.size(); }
 
 void flush_outbox(Server& s) {
-  while (!outbox_empty(s) && send_msg(s.ctrl, s.books->outbox[s.books->sent], nullptr, 0, MSG_DONTWAIT)) ++s.books->sent;
+  Books& b = *s.books;
+  while (!outbox_empty(s) && send_msg(s.ctrl, b.outbox[b.sent], nullptr, 0, MSG_DONTWAIT)) ++b.sent;
   if (outbox_empty(s)) {
-    s.books->outbox.clear();
-    s.books->sent = 0;
+    b.outbox.clear();
+    b.sent = 0;
   }
 }
 
