@@ -47,7 +47,7 @@ struct Registry {
   std::unordered_map<uint64_t, Child> displaced;
   int running = 0;              // registered, not yet reaped
   bool last_was_short = false;  // how the last reaped child went (see below)
-  uint64_t last_gen = 0;        // beside `running`: a start writes no other page for it
+  uint64_t last_gen = 0;        // generation of the latest child
 };
 
 // Made on first use, in memory a forked child does not get (every start

@@ -13,7 +13,7 @@ if(LUAMP_UNIT_SRC)
   add_executable(luamp_unit_tests ${LUAMP_UNIT_SRC})
   target_link_libraries(luamp_unit_tests PRIVATE luamp_runtime doctest::doctest)
   # Linked as luamp is, for test_huge_text.cpp.
-  target_link_options(luamp_unit_tests PRIVATE -Wl,-z,max-page-size=0x200000)
+  target_link_options(luamp_unit_tests PRIVATE ${LUAMP_HUGE_TEXT_LINK_OPTIONS})
   add_test(NAME unit COMMAND luamp_unit_tests)
   set_tests_properties(unit PROPERTIES TIMEOUT 120)
 endif()
