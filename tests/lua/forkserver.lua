@@ -102,6 +102,44 @@ for _ = 1, 100 do
 end
 T.check(#idle >= 2, "the server keeps idle children ready: " .. #idle)
 
+-- -- Ended children do not pile up on a busy CPU --------------------------------
+
+-- Starts and joins run back to back on one CPU, so that CPU is never idle: a
+-- child that waited for an idle CPU to be torn down waited the whole loop
+-- (77 of them were left once, where 2 idle children are expected).
+do
+  local script = TMP .. "/pile.lua"
+  write_file(script, [[
+local mp = require("multiprocessing")
+mp.set_start_method("forkserver")
+local function noop() end
+local function server_children()
+  local ps = io.popen("ps -e -o pid=,ppid=,args=")
+  local out = ps:read("*a")
+  ps:close()
+  local server, count = nil, {}
+  for pid, ppid, args in out:gmatch("(%d+)%s+(%d+)%s+([^\n]*)") do
+    pid, ppid = tonumber(pid), tonumber(ppid)
+    if ppid == mp.getpid() and args:find("forkserver", 1, true) then server = pid end
+    count[ppid] = (count[ppid] or 0) + 1
+  end
+  return count[server] or 0
+end
+local most = 0
+for i = 1, 300 do
+  local p = mp.Process{target = noop}
+  p:start(); p:join()
+  if i % 50 == 0 then most = math.max(most, server_children()) end
+end
+print("most=" .. most)
+]])
+  local cpus = T.run("taskset -cp $$"):match(":%s*(%d+)")
+  local out, status = T.run(("taskset -c %s %s %s"):format(cpus, T.quote(T.luamp()), T.quote(script)))
+  T.eq(status, 0, "the pinned loop of starts ran")
+  local most = tonumber(out:match("most=(%d+)"))
+  T.check(most and most <= 6, "children of the server at most 2 idle + 4 ending: " .. tostring(most))
+end
+
 -- -- A server killed from outside is replaced -----------------------------------
 
 os.execute("kill -9 " .. server)
