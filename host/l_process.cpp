@@ -181,6 +181,13 @@ int l_core_forkserver_running(lua_State* L) {
   return 1;
 }
 
+// core.forkserver_pid() -> the running server's pid, or nil
+int l_core_forkserver_pid(lua_State* L) {
+  if (!forkserver::running()) return 0;
+  lua_pushinteger(L, forkserver::server_pid());
+  return 1;
+}
+
 int l_core_forkserver_stop(lua_State*) {
   forkserver::stop();
   return 0;
@@ -282,6 +289,7 @@ const luaL_Reg kFuncs[] = {
     {"forkserver_start", wrap<l_core_forkserver_start>},
     {"forkserver_running", l_core_forkserver_running},
     {"forkserver_stop", wrap<l_core_forkserver_stop>},
+    {"forkserver_pid", wrap<l_core_forkserver_pid>},
     {"set_executable", wrap<l_core_set_executable>},
     {"fork", wrap<l_core_fork>},
     {"waitpid", wrap<l_core_waitpid>},

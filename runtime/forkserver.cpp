@@ -4,9 +4,6 @@
 
 #include <poll.h>
 #include <sched.h>
-#include <signal.h>
-#include "pidfd.hpp"
-#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -18,7 +15,6 @@
 #include <cstdio>
 #include <cstring>
 #include <deque>
-#include <unordered_map>
 #include <vector>
 
 #include "errors.hpp"
@@ -31,48 +27,48 @@ namespace luamp::forkserver {
 
 namespace {
 
-enum MsgType : uint32_t { kIdle = 1, kStatus = 2, kTake = 3 };
+enum MsgType : uint32_t { kIdle = 1, kTake = 2 };
 
 struct Msg {
   uint32_t type;
   int32_t pid;
-  int32_t status;
 };
 
 // -- Socket helpers ----------------------------------------------------------
 
-// Sends a Msg with up to two fds attached. Returns false on EAGAIN/EPIPE.
-bool send_msg(int sock, const Msg& m, const int* fds, int nfds, int flags) {
+// Sends a Msg with an fd attached if `fd` >= 0. Returns false on EPIPE.
+bool send_msg(int sock, const Msg& m, int fd) {
   iovec iov{const_cast<Msg*>(&m), sizeof m};
   msghdr h{};
   h.msg_iov = &iov;
   h.msg_iovlen = 1;
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(2 * sizeof(int))];
-  if (nfds > 0) {
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
+  if (fd >= 0) {
     h.msg_control = cbuf;
-    h.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+    h.msg_controllen = sizeof cbuf;
     cmsghdr* c = CMSG_FIRSTHDR(&h);
     c->cmsg_level = SOL_SOCKET;
     c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(nfds * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, nfds * sizeof(int));
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &fd, sizeof(int));
   }
   for (;;) {
-    if (sendmsg(sock, &h, flags | MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof m)) return true;
+    if (sendmsg(sock, &h, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof m)) return true;
     if (errno != EINTR) return false;
   }
 }
 
-// Receives one Msg (and up to two fds). Returns 0 on EOF, -1 on EAGAIN.
-int recv_msg(int sock, Msg* m, int fds[2], int flags) {
+// Receives one Msg (and the fd attached, else -1 in *fd). Returns 0 on
+// EOF, -1 on EAGAIN.
+int recv_msg(int sock, Msg* m, int* fd, int flags) {
   iovec iov{m, sizeof *m};
-  alignas(cmsghdr) char cbuf[CMSG_SPACE(2 * sizeof(int))];
+  alignas(cmsghdr) char cbuf[CMSG_SPACE(sizeof(int))];
   msghdr h{};
   h.msg_iov = &iov;
   h.msg_iovlen = 1;
   h.msg_control = cbuf;
   h.msg_controllen = sizeof cbuf;
-  fds[0] = fds[1] = -1;
+  *fd = -1;
   for (;;) {
     ssize_t n = recvmsg(sock, &h, flags | MSG_CMSG_CLOEXEC);
     if (n == 0) return 0;
@@ -81,12 +77,10 @@ int recv_msg(int sock, Msg* m, int fds[2], int flags) {
       if (errno == EAGAIN) return -1;
       return 0;  // ECONNRESET and the like: the peer is gone
     }
-    for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c)) {
-      if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-        size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        memcpy(fds, CMSG_DATA(c), (k > 2 ? 2 : k) * sizeof(int));
-      }
-    }
+    // Room for one fd: the kernel drops any more (MSG_CTRUNC).
+    cmsghdr* c = CMSG_FIRSTHDR(&h);
+    if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len >= CMSG_LEN(sizeof(int)))
+      memcpy(fd, CMSG_DATA(c), sizeof(int));
     return n == sizeof *m ? 1 : 0;
   }
 }
@@ -156,32 +150,32 @@ bool read_all(int fd, void* data, size_t len) {
 
 // -- Client state ------------------------------------------------------------
 
+// An idle child, ours (the server forks them for us, see
+// proc::fork_for_parent): its pid cannot be reused before we wait for it.
 struct Idle {
   pid_t pid;
   int chan;
-  int pidfd;
 };
 
 struct Client {
   pid_t server = -1;
   int ctrl = -1;
   std::deque<Idle> idle;
-  std::unordered_map<pid_t, int> statuses;  // reaped by the server, not yet asked for
 };
 
 // Made when the server starts; a new child abandons its parent's copy
 // (see proc's registry for why it is not freed).
 Client* g_client = nullptr;
 
-// Not ended yet. While it has not been reaped its pid cannot be reused.
 bool alive(const Idle& i) {
-  pollfd p{i.pidfd, POLLIN, 0};
-  return ::poll(&p, 1, 0) == 0;
+  siginfo_t info{};
+  return waitid(P_PID, static_cast<id_t>(i.pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == 0;
 }
 
-void close_idle(Idle& i) {
+// Closing its channel ends an idle child (EOF), which we then wait for.
+void let_go(Idle& i) {
   close(i.chan);
-  close(i.pidfd);
+  proc::reap_later(i.pid);
 }
 
 enum class Rx { message, nothing, gone };
@@ -189,29 +183,23 @@ enum class Rx { message, nothing, gone };
 // Handles one server message (blocking unless flags has MSG_DONTWAIT).
 Rx client_receive(int flags) {
   Msg m;
-  int fds[2];
-  int r = recv_msg(g_client->ctrl, &m, fds, flags);
+  int fd;
+  int r = recv_msg(g_client->ctrl, &m, &fd, flags);
   if (r < 0) return Rx::nothing;
   if (r == 0) return Rx::gone;
-  if (m.type == kIdle && fds[0] >= 0 && fds[1] >= 0) {
-    g_client->idle.push_back({m.pid, fds[0], fds[1]});
-    return Rx::message;
-  }
-  if (fds[0] >= 0) close(fds[0]);
-  if (fds[1] >= 0) close(fds[1]);
-  if (m.type == kStatus) {
-    // Kept only for a child that will be collected from it: one that
-    // reported its exit code is collected from its report, which came
-    // before its exit and so before this message.
-    proc::Child* c = proc::find_child(m.pid);
-    if (c && !c->reaped && !proc::reported_exit(*c))
-      g_client->statuses[m.pid] = proc::exitcode_from_status(m.status);
-  }
+  if (m.type == kIdle && fd >= 0) g_client->idle.push_back({m.pid, fd});
+  else if (fd >= 0) close(fd);
   return Rx::message;
 }
 
-void client_drain() {
-  while (running() && client_receive(MSG_DONTWAIT) == Rx::message) {
+// Takes the messages that have come; false if the server has gone.
+bool client_drain() {
+  for (;;) {
+    switch (client_receive(MSG_DONTWAIT)) {
+      case Rx::message: continue;
+      case Rx::nothing: return true;
+      case Rx::gone: return false;
+    }
   }
 }
 
@@ -221,17 +209,14 @@ void client_drain() {
 // get (not_inherited.hpp): each page the server writes while children
 // share it is copied.
 struct Books {
-  std::vector<pid_t, not_inherited::Allocator<pid_t>> idle;
-  std::vector<Msg, not_inherited::Allocator<Msg>> outbox;  // STATUS messages; those before `sent` have gone
-  size_t sent = 0;
+  std::vector<pid_t, not_inherited::Allocator<pid_t>> idle;  // announced, not yet taken
 };
 
 // What a new idle child reads too; the server writes it only when it starts.
 struct Server {
   int ctrl;
-  int sigfd;
+  pid_t client;
   void (*warm_up)();
-  sigset_t old_mask;
   cpu_set_t cpus;  // the server's affinity, which a placed child gets back
   Books* books;    // not mapped in a child
 };
@@ -306,41 +291,34 @@ bool should_warm_up(int chan) {
   return r == 0;
 }
 
-// Forks one idle child and announces it. Returns 0 in the child, which has
-// then been handed `work`.
+// Forks one idle child for the client and announces it. Returns 0 in the
+// child, which has then been handed `work`. The child is the client's
+// (proc::fork_for_parent): the client waits for it and gets its status
+// without a word from the server, and it dies with the client.
 pid_t make_idle_child(Server& s, Work* work) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) fail_errno("socketpair", errno);
-  pid_t server = getpid();
-  pid_t pid = fork();
-  if (pid < 0) {
+  pid_t pid;
+  try {
+    pid = proc::fork_for_parent();
+  } catch (...) {
     close(sv[0]);
     close(sv[1]);
-    fail_errno("fork", errno);
+    throw;
   }
   if (pid == 0) {
     close(s.ctrl);
-    close(s.sigfd);
     close(sv[0]);
-    sigprocmask(SIG_SETMASK, &s.old_mask, nullptr);
-    proc::init_child(server, true);  // stdin: the server's, /dev/null already
+    proc::init_child(s.client, true);  // stdin: the server's, /dev/null already
     if (should_warm_up(sv[1])) s.warm_up();
     idle_child_wait(s, sv[1], work);
     return 0;
   }
   close(sv[1]);
-  int fds[2] = {sv[0], pidfd_open(pid, 0)};
-  if (fds[1] < 0) {  // out of fds: a child the client cannot watch is no use
-    close(sv[0]);
-    kill(pid, SIGKILL);
-    fail_errno("pidfd_open", errno);
-  }
-  Msg m{kIdle, pid, 0};
   // The control socket is blocking here: IDLE messages are few and the
   // client reads them whenever it starts a process.
-  send_msg(s.ctrl, m, fds, 2, 0);
-  close(fds[0]);
-  close(fds[1]);
+  send_msg(s.ctrl, Msg{kIdle, pid}, sv[0]);
+  close(sv[0]);
   s.books->idle.push_back(pid);
   return pid;
 }
@@ -353,49 +331,15 @@ void forget_idle(Server& s, pid_t pid) {
   idle.pop_back();
 }
 
-void reap_children(Server& s) {
-  signalfd_siginfo si;
-  while (read(s.sigfd, &si, sizeof si) == sizeof si) {
-  }
-  int status;
-  pid_t pid;
-  while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-    forget_idle(s, pid);
-    s.books->outbox.push_back({kStatus, pid, status});
-  }
-}
-
-bool outbox_empty(const Server& s) { return s.books->sent == s.books->outbox.size(); }
-
-void flush_outbox(Server& s) {
-  Books& b = *s.books;
-  while (!outbox_empty(s) && send_msg(s.ctrl, b.outbox[b.sent], nullptr, 0, MSG_DONTWAIT)) ++b.sent;
-  if (outbox_empty(s)) {
-    b.outbox.clear();
-    b.sent = 0;
-  }
-}
-
-// The client has gone (its exit procedure has joined every child it had).
-// A child it joined may still be tearing down, since a join returns at the
-// child's report: the server waits for every child before it exits, so
-// that none outlives the client (whose stop() waits for the server) and
-// ends up with some other reaper.
-[[noreturn]] void shutdown(Server& s) {
-  for (pid_t pid : s.books->idle) kill(pid, SIGKILL);
-  while (waitpid(-1, nullptr, 0) > 0 || errno == EINTR) {
-  }
-  _exit(0);
-}
-
-// Handles one client message; shuts down on EOF.
+// Handles one client message; exits on EOF (the client has gone, or
+// stopped us: its idle children end as it closes their channels).
 void serve_request(Server& s) {
   Msg m;
-  int fds[2];
-  int r = recv_msg(s.ctrl, &m, fds, MSG_DONTWAIT);
-  if (r < 0) return;
-  if (r == 0) shutdown(s);
-  if (m.type == kTake) forget_idle(s, m.pid);
+  int fd;
+  int r = recv_msg(s.ctrl, &m, &fd, 0);
+  if (r == 0) _exit(0);
+  if (fd >= 0) close(fd);
+  if (r > 0 && m.type == kTake) forget_idle(s, m.pid);
 }
 
 }  // namespace
@@ -403,6 +347,8 @@ void serve_request(Server& s) {
 // -- Client ------------------------------------------------------------------
 
 bool running() { return g_client && g_client->ctrl >= 0; }
+
+pid_t server_pid() { return g_client->server; }
 
 void ensure_started(std::string_view config) {
   if (running()) return;
@@ -432,44 +378,36 @@ pid_t dispatch(std::string_view payload, const std::vector<int>& fds) {
   // before anything the child prints.
   proc::flush_stdio();
   for (;;) {
-    client_drain();
-    while (g_client->idle.empty()) {
-      if (client_receive(0) == Rx::gone) {
-        stop();  // the next start launches a new one
-        fail(ErrType::ProcessError, "the forkserver has died");
-      }
+    bool server_alive = client_drain();
+    while (server_alive && g_client->idle.empty()) server_alive = client_receive(0) != Rx::gone;
+    if (!server_alive) {
+      stop();  // the next start launches a new one
+      fail(ErrType::ProcessError, "the forkserver has died");
     }
     Idle i = g_client->idle.front();
     g_client->idle.pop_front();
     bool placed = proc::next_child_is_short() && alive(i) && proc::place_here(i.pid);
-    if (!send_work(i.chan, payload, fds, placed)) {
-      close_idle(i);  // died while idle (killed from outside): take the next
+    bool handed = send_work(i.chan, payload, fds, placed);
+    // Taken either way: the server makes another.
+    send_msg(g_client->ctrl, Msg{kTake, i.pid}, -1);
+    if (!handed) {
+      let_go(i);  // died while idle (killed from outside): take the next
       continue;
     }
-    Msg take{kTake, i.pid, 0};
-    send_msg(g_client->ctrl, take, nullptr, 0, 0);
-    proc::add_child(i.pid, i.pidfd, proc::Method::forkserver, i.chan);
+    proc::add_child(i.pid, -1, proc::Method::forkserver, i.chan);
     return i.pid;
   }
 }
 
-int await_status(pid_t pid) {
-  while (g_client) {
-    auto it = g_client->statuses.find(pid);
-    if (it != g_client->statuses.end()) {
-      int code = it->second;
-      g_client->statuses.erase(it);
-      return code;
-    }
-    // The server's death killed its children (PR_SET_PDEATHSIG).
-    if (!running() || client_receive(0) == Rx::gone) break;
-  }
-  return -SIGKILL;
-}
-
 void stop() {
   if (!running()) return;
-  for (Idle& i : g_client->idle) close_idle(i);
+  // The server exits at the end of our messages. What it sent until then
+  // may announce idle children we have not heard of: ours all the same, to
+  // let go and wait for.
+  shutdown(g_client->ctrl, SHUT_WR);
+  while (client_receive(0) == Rx::message) {
+  }
+  for (Idle& i : g_client->idle) let_go(i);
   g_client->idle.clear();
   close(g_client->ctrl);
   g_client->ctrl = -1;
@@ -477,15 +415,12 @@ void stop() {
   while (waitpid(g_client->server, &status, 0) < 0 && errno == EINTR) {
   }
   g_client->server = -1;
-  g_client->statuses.clear();
+  proc::reap_ended(-1);
 }
 
 void forget_in_child() {
   if (!g_client) return;
-  for (const Idle& i : g_client->idle) {
-    close(i.chan);
-    close(i.pidfd);
-  }
+  for (const Idle& i : g_client->idle) close(i.chan);
   if (g_client->ctrl >= 0) close(g_client->ctrl);
   g_client = nullptr;
 }
@@ -512,8 +447,8 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
   Server& s = *new Server;
   s.books = new (not_inherited::allocate(sizeof(Books))) Books;
   s.ctrl = ctrl;
+  s.client = getppid();
   s.books->idle.reserve(static_cast<size_t>(idle_target));
-  s.books->outbox.reserve(64);
   s.warm_up = warm_up;
   // Whatever the preloads printed goes out once, not again from each child.
   // The children inherit what flush_stdio(), several_cpus() and the mask
@@ -522,25 +457,11 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
   futex::several_cpus();
   huge_text::remap();
   if (sched_getaffinity(0, sizeof s.cpus, &s.cpus) != 0) CPU_ZERO(&s.cpus);  // restoring it then fails, harmlessly
-  sigset_t chld;
-  sigemptyset(&chld);
-  sigaddset(&chld, SIGCHLD);
-  sigprocmask(SIG_BLOCK, &chld, &s.old_mask);
-  s.sigfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
-  if (s.sigfd < 0) fail_errno("signalfd", errno);
   for (;;) {
     while (static_cast<int>(s.books->idle.size()) < idle_target) {
       if (make_idle_child(s, work) == 0) return;
     }
-    pollfd p[2] = {{s.ctrl, static_cast<short>(POLLIN | (outbox_empty(s) ? 0 : POLLOUT)), 0},
-                   {s.sigfd, POLLIN, 0}};
-    if (::poll(p, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      fail_errno("poll", errno);
-    }
-    if (p[1].revents) reap_children(s);
-    if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) serve_request(s);
-    flush_outbox(s);
+    serve_request(s);
   }
 }
 

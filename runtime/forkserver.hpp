@@ -4,23 +4,27 @@
 //
 // Provides: the client side (in any process that starts forkserver
 //           children) and serve() (the server loop, in the forkserver).
-// Uses:     proc (registry, spawn_exe), SOCK_SEQPACKET control socket with
-//           SCM_RIGHTS, signalfd for SIGCHLD in the server.
+// Uses:     proc (registry, spawn_exe, fork_for_parent), SOCK_SEQPACKET
+//           control socket with SCM_RIGHTS.
 // Fork-safe: forget_in_child() drops the client state in a new child, which
 //           starts its own forkserver if it needs one (so a grandchild dies
 //           with its logical parent).
 //
+// The server forks its idle children as the client's own (CLONE_PARENT):
+// the client waits for them, gets their exit status and signals them with
+// no hop through the server, and they die with the client, not with the
+// server (whose death the client notices at its next start, and replaces).
+//
 // Protocol. Client -> server on the control socket: TAKE(pid) when an idle
-// child was handed work. Server -> client: IDLE(pid) with SCM_RIGHTS [work
-// channel, pidfd] for each new idle child; STATUS(pid, wait status) for every
-// child it reaps. The first client message is the configuration (bytes of
-// the serializer, read by the stdlib). On the work channel the client writes
-// a WorkHeader (payload length, number of fds) with the fds that go with the
-// payload attached (SCM_RIGHTS), then the payload; the child closes its other
-// fds and writes its 4-byte exit code just before it exits, so a normal join
-// needs no hop through the server and no wait for the kernel's teardown of
-// the child (the channel is the Process's sentinel); after a signal the
-// code comes from STATUS.
+// child was handed work (or found dead). Server -> client: IDLE(pid) with
+// SCM_RIGHTS [work channel] for each new idle child. The first client
+// message is the configuration (bytes of the serializer, read by the
+// stdlib). On the work channel the client writes a WorkHeader (payload
+// length, number of fds) with the fds that go with the payload attached
+// (SCM_RIGHTS), then the payload; the child closes its other fds and writes
+// its 4-byte exit code just before it exits, so a normal join does not wait
+// for the kernel's teardown of the child (the channel is the Process's
+// sentinel); after a signal the code comes from waitpid.
 #pragma once
 #include <sys/types.h>
 
@@ -37,14 +41,13 @@ namespace luamp::forkserver {
 // Starts the server (once per process) with `config` as its first message.
 void ensure_started(std::string_view config);
 bool running();
+pid_t server_pid();  // requires running()
 // Hands `payload` and copies of `fds` (see proc::kMaxPassedFds) to an idle
 // child; returns its pid, registered in proc as Method::forkserver. Blocks
 // only if no idle child is ready yet.
 pid_t dispatch(std::string_view payload, const std::vector<int>& fds = {});
-// The exit code of a forkserver child that ended without reporting it
-// itself (it died by a signal).
-int await_status(pid_t pid);
-// Stops the server and its idle children (exit procedure).
+// Stops the server and its idle children, and waits for every forkserver
+// child of ours still ending (exit procedure).
 void stop();
 void forget_in_child();
 
@@ -68,7 +71,7 @@ struct Work {
 std::string read_config(int ctrl);
 // Runs the server loop on `ctrl`. Returns only in an idle child that was
 // handed `work`. The server itself exits when the client closes the control
-// socket, once every child of its own has ended (none outlives the client).
+// socket.
 // Each new idle child calls `warm_up` before it waits: work it can
 // do in advance is off the critical path.
 void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work);

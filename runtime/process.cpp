@@ -12,15 +12,18 @@
 #include <sys/single_threaded.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "child_table.hpp"
 #include "errors.hpp"
@@ -45,6 +48,9 @@ struct Registry {
   // by generation. Empty unless pids wrap around while Process objects of
   // ended children are kept.
   std::unordered_map<uint64_t, Child> displaced;
+  // Forkserver children (reap_later) not waited for yet: still holding
+  // their pids.
+  std::vector<pid_t, not_inherited::Allocator<pid_t>> ending;
   int running = 0;              // registered, not yet reaped
   bool last_was_short = false;  // how the last reaped child went (see below)
   uint64_t last_gen = 0;        // generation of the latest child
@@ -171,10 +177,16 @@ std::optional<int> reported_exit(const Child& c) {
 
 namespace {
 
-// A forkserver child has ended: its own report, else the server's STATUS.
+// A forkserver child has ended: its own report, else its wait status
+// (it died by a signal). One that reported is waited for later: its
+// teardown takes longer than its work did.
 void reap_forkserver_child(Child& c) {
-  auto code = reported_exit(c);
-  mark_reaped(c, code ? *code : forkserver::await_status(c.pid));
+  if (auto code = reported_exit(c)) {
+    mark_reaped(c, *code);
+    reap_later(c.pid);
+    return;
+  }
+  reap_direct(c, 0);
 }
 
 // How long a waiter polls before it sleeps (a child that takes longer costs
@@ -210,17 +222,22 @@ bool poll_until(pollfd* p, int n, int64_t deadline) {
   }
 }
 
-// A forkserver child has ended once its channel (its sentinel) or its
-// pidfd is readable: the pidfd too in case the channel was inherited by a
-// process that outlives it (the pidfd never is). False on timeout.
-bool wait_forkserver_child(const Child& c, double timeout) {
+// A forkserver child has ended once its channel (its sentinel) is
+// readable, or its pidfd: a waiter that sleeps watches that too, in case
+// the channel was inherited by a process that outlives the child (the
+// pidfd never is; it is opened only then, as for a fork child). False on
+// timeout.
+bool wait_forkserver_child(Child& c, double timeout) {
+  pollfd p[2] = {{c.chan, POLLIN, 0}, {c.pidfd, POLLIN, 0}};
+  auto readable = [&] { return ::poll(p, 1, 0) > 0; };
+  if (readable()) return true;
+  if (timeout == 0) return false;
   int64_t deadline = futex::deadline_after(timeout);
-  pollfd p[2] = {{c.pidfd, POLLIN, 0}, {c.chan, POLLIN, 0}};
-  int n = c.chan >= 0 ? 2 : 1;
-  auto readable = [&] { return ::poll(p, n, 0) > 0; };
   double spin = spin_budget();
-  if (timeout != 0 && spin > 0 && spin_until(readable, std::min(deadline, futex::deadline_after(spin)))) return true;
-  return poll_until(p, n, deadline);
+  if (spin > 0 && spin_until(readable, std::min(deadline, futex::deadline_after(spin)))) return true;
+  if (c.pidfd < 0) c.pidfd = pidfd_open(c.pid, 0);
+  p[1].fd = c.pidfd;
+  return poll_until(p, c.pidfd >= 0 ? 2 : 1, deadline);
 }
 
 // A fork, spawn or raw child is our own: waitpid waits for it, and it
@@ -321,7 +338,7 @@ namespace {
 
 void release(Child* c) {
   if (!c) return;
-  if (!c->reaped && c->method != Method::forkserver) reap_direct(*c, WNOHANG);
+  if (!c->reaped) poll(*c);
   if (!c->reaped) return;  // still running: the exit procedure will join it
   forget(*c);
 }
@@ -333,12 +350,12 @@ void release_child(pid_t pid, uint64_t gen) { release(find_child(pid, gen)); }
 
 bool ending_after_report(pid_t pid) {
   Child* c = find_child(pid);
-  if (!c || c->method != Method::forkserver || c->chan < 0 || c->pidfd < 0) return false;
-  if (!c->reaped && !reported_exit(*c)) return false;
-  // Until its pidfd is readable the process has not ended, so the pid is
-  // still this child's and not some newer process's.
-  pollfd p{c->pidfd, POLLIN, 0};
-  return ::poll(&p, 1, 0) == 0;
+  if (!c || c->method != Method::forkserver || c->chan < 0) return false;
+  // Until we wait for it, the pid is still this child's and not some newer
+  // process's.
+  if (!c->reaped) return reported_exit(*c).has_value();
+  const auto& ending = g_children->ending;
+  return std::find(ending.begin(), ending.end(), pid) != ending.end();
 }
 
 // -- Starting ----------------------------------------------------------------
@@ -404,6 +421,13 @@ int sentinel(Child& c) {
 // stops there: a write per start would copy its page while children share it.
 constexpr int kForksBeforeHugeText = 8;
 int g_forks = 0;
+
+pid_t fork_for_parent() {
+  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_PARENT | SIGCHLD, nullptr, nullptr, nullptr, 0));
+  if (pid < 0) fail_errno("clone", errno);
+  if (pid == 0) luamp_sync_after_fork();
+  return pid;
+}
 
 pid_t fork_child(Method method) {
   if (g_forks < kForksBeforeHugeText && ++g_forks == kForksBeforeHugeText) huge_text::remap();
@@ -531,16 +555,11 @@ void report_exit(int code) {
   close_range(static_cast<unsigned>(g_exit_report_fd) + 1, ~0U, 0);
   // Nobody waits for what is left, the kernel's teardown: the joiner and
   // the sentinel go by this report. A child placed on its joiner's CPU
-  // hands that CPU back: as an idle-policy task it gives way at once to the
-  // joiner the report wakes, then moves to another CPU to be torn down.
-  // Other children keep their policy. Where no CPU is ever idle (one CPU,
-  // or all busy) idle-policy children waited by the hundreds to be torn
-  // down, and every fork and exit grew dearer with each of them (pinned
-  // start+join of a forkserver child 0.28-0.34 -> 0.21-0.22 ms).
-  if (g_placed) {
-    sched_param none{};
-    sched_setscheduler(0, SCHED_IDLE, &none);
-  }
+  // hands that CPU back and is torn down on another. It keeps its
+  // priority: as idle-priority tasks, children waited by the hundreds to
+  // be torn down where no CPU is ever idle (one CPU, or all busy), each
+  // making every fork and exit dearer; and the next join waits for this
+  // teardown (proc::wait).
   ssize_t n;
   do n = send(g_exit_report_fd, &code, sizeof code, MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);
@@ -548,6 +567,11 @@ void report_exit(int code) {
 }
 
 // -- Waiting -----------------------------------------------------------------
+
+namespace {
+// How long a wait gives children ended after their report (see wait).
+constexpr double kReapEndedSeconds = 0.005;
+}  // namespace
 
 int exitcode_from_status(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
@@ -560,6 +584,10 @@ std::optional<int> poll(Child& c) {
 }
 
 std::optional<int> wait(Child& c, double timeout) {
+  // The children joined before `c` by their reports: by now their teardown
+  // is over (it ran while `c` started), or it needs this CPU, which waiting
+  // here gives it.
+  reap_ended(timeout == 0 ? 0 : timeout > 0 ? std::min(timeout, kReapEndedSeconds) : kReapEndedSeconds);
   if (c.reaped) return c.exitcode;
   if (c.method != Method::forkserver) {
     if (!wait_direct_child(c, timeout)) return std::nullopt;
@@ -590,8 +618,47 @@ int waitpid_exitcode(pid_t pid) {
   return exitcode_from_status(status);
 }
 
+namespace {
+
+// Waits for `pid` (options: 0 or WNOHANG); true once it is gone.
+bool reap_pid(pid_t pid, int options) {
+  for (;;) {
+    pid_t r = waitpid(pid, nullptr, options);
+    if (r == pid) return true;
+    if (r == 0) return false;
+    if (errno != EINTR) return true;  // ECHILD: reaped behind our back (SIGCHLD=SIG_IGN)
+  }
+}
+
+// Waits for `pid` until `deadline`; true once it is gone.
+bool reap_pid_until(pid_t pid, int64_t deadline) {
+  if (reap_pid(pid, WNOHANG)) return true;
+  if (deadline == futex::kNoDeadline) return reap_pid(pid, 0);
+  int fd = pidfd_open(pid, 0);
+  if (fd < 0) return false;
+  pollfd p{fd, POLLIN, 0};
+  int r;
+  do r = ::poll(&p, 1, futex::poll_ms(deadline));
+  while (r < 0 && errno == EINTR);
+  close(fd);
+  return reap_pid(pid, WNOHANG);
+}
+
+}  // namespace
+
+void reap_later(pid_t pid) { registry().ending.push_back(pid); }
+
+void reap_ended(double timeout) {
+  if (!g_children) return;
+  int64_t deadline = futex::deadline_after(timeout);
+  std::erase_if(g_children->ending, [&](pid_t pid) {
+    return timeout == 0 ? reap_pid(pid, WNOHANG) : reap_pid_until(pid, deadline);
+  });
+}
+
 void reap_raw_children() {
   if (!g_children) return;
+  reap_ended(-1);
   g_children->children.erase_if([](Child& c) {
     if (c.method != Method::raw) return false;
     if (!c.reaped) reap_direct(c, 0);

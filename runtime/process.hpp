@@ -29,7 +29,7 @@ enum class Method { fork, spawn, forkserver, raw };
 
 struct Child {
   pid_t pid = -1;
-  int pidfd = -1;   // readable once the process has ended; fork/spawn: made by sentinel()
+  int pidfd = -1;   // readable once the process has ended; made when first needed
   int chan = -1;    // forkserver children: where they report their exit code
   Method method = Method::fork;
   bool reaped = false;
@@ -79,6 +79,13 @@ void flush_stdio();
 // printed twice). Returns 0 in the child, the child's pid in the parent
 // (registered under `method`). Throws OSError when fork fails.
 pid_t fork_child(Method method);
+
+// fork() for the forkserver: the child is this process's parent's child
+// (CLONE_PARENT), which waits for it and learns its exit status directly.
+// The child runs luamp's pthread_atfork work, not other libraries' (the
+// raw system call skips glibc's handlers). Returns 0 in the child, its pid
+// here (registered nowhere). Throws OSError when it fails.
+pid_t fork_for_parent();
 
 // Whether the next child should run on this process's CPU (see "Where a
 // short child starts" in process.cpp): the last one ended quickly and none
@@ -144,8 +151,16 @@ void send_signal(Child& c, int sig);
 // then forgotten; a Process's child stays registered, ended, so its Process
 // object shows the same exit code.
 int waitpid_exitcode(pid_t pid);
-// Waits for every raw-forked child not yet waited for (exit procedure).
+// Waits for every raw-forked child not yet waited for (exit procedure),
+// and for the forkserver children left to reap_later().
 void reap_raw_children();
+// A forkserver child of ours to wait for later: one joined by its report
+// (its teardown is under way) or an idle one let go. Until then it is a
+// zombie: a wait for any child (join, is_alive, ...) collects those that
+// have ended, a join waits a few ms for them, the exit procedure for all.
+void reap_later(pid_t pid);
+// Waits up to `timeout` seconds in all (< 0: no limit) for those.
+void reap_ended(double timeout);
 
 int exitcode_from_status(int status);
 

@@ -854,4 +854,12 @@ void luamp_sync_release_owned(void) {
   for (u32* w : *g_tracked) abandon_if_mine(w, me);
 }
 
+// -- Fork --------------------------------------------------------------------------------------
+// after_fork: what the pthread_atfork handler does, for a child made
+// without fork(3).
+
+void luamp_sync_after_fork(void) {
+  forget_pid();
+}
+
 }  // extern "C"

@@ -102,6 +102,11 @@ int luamp_barrier_broken(const void* barrier);
 void luamp_sync_track(void* lock);
 void luamp_sync_release_owned(void);
 
+/* -- Fork --------------------------------------------------------------------
+ * A child made with clone(2) instead of fork(3) runs no pthread_atfork
+ * handler: it calls this first (it drops the pid cached for the parent). */
+void luamp_sync_after_fork(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -81,55 +81,59 @@ end
 
 -- -- Idle children -------------------------------------------------------------
 
--- The luamp processes whose parent is `pid`.
-local function descendants_of(pid)
-  local out = T.run("ps -e -o pid=,ppid=,comm=")
+local core = require("luamp.core")
+
+-- This process's children that are running (not ended) luamp processes.
+local function live_children()
+  local out = T.run("ps -e -o pid=,ppid=,stat=,comm=")
   local kids = {}
-  for p, pp, comm in out:gmatch("(%d+)%s+(%d+)%s+(%S+)") do
-    if tonumber(pp) == pid and comm == "luamp" then kids[#kids + 1] = tonumber(p) end
+  for p, pp, stat, comm in out:gmatch("(%d+)%s+(%d+)%s+(%S+)%s+(%S+)") do
+    if tonumber(pp) == mp.getpid() and comm == "luamp" and not stat:find("Z") then kids[tonumber(p)] = true end
   end
   return kids
 end
 
-local servers = descendants_of(mp.getpid())
-T.eq(#servers, 1, "one forkserver")
-local server = servers[1]
+local server = core.forkserver_pid()
+T.check(live_children()[server], "the forkserver is a child of ours")
+-- The server forks its idle children as ours (CLONE_PARENT): they die with
+-- us, and we wait for them ourselves.
 local idle
 for _ = 1, 100 do
-  idle = descendants_of(server)
-  if #idle >= 2 then break end
+  idle = 0
+  for pid in pairs(live_children()) do
+    if pid ~= server then idle = idle + 1 end
+  end
+  if idle >= 2 then break end
   mp.sleep(0.02)
 end
-T.check(#idle >= 2, "the server keeps idle children ready: " .. #idle)
+T.check(idle >= 2, "idle children are kept ready: " .. idle)
 
 -- -- Ended children do not pile up on a busy CPU --------------------------------
 
 -- Starts and joins run back to back on one CPU, so that CPU is never idle: a
 -- child that waited for an idle CPU to be torn down waited the whole loop
--- (77 of them were left once, where 2 idle children are expected).
+-- (77 of them were left once).
 do
   local script = TMP .. "/pile.lua"
   write_file(script, [[
 local mp = require("multiprocessing")
 mp.set_start_method("forkserver")
 local function noop() end
-local function server_children()
-  local ps = io.popen("ps -e -o pid=,ppid=,args=")
+local function children()
+  local ps = io.popen("ps -e -o ppid=")
   local out = ps:read("*a")
   ps:close()
-  local server, count = nil, {}
-  for pid, ppid, args in out:gmatch("(%d+)%s+(%d+)%s+([^\n]*)") do
-    pid, ppid = tonumber(pid), tonumber(ppid)
-    if ppid == mp.getpid() and args:find("forkserver", 1, true) then server = pid end
-    count[ppid] = (count[ppid] or 0) + 1
+  local n = 0
+  for ppid in out:gmatch("%d+") do
+    if tonumber(ppid) == mp.getpid() then n = n + 1 end
   end
-  return count[server] or 0
+  return n - 2  -- the server and the shell of io.popen
 end
 local most = 0
 for i = 1, 300 do
   local p = mp.Process{target = noop}
   p:start(); p:join()
-  if i % 50 == 0 then most = math.max(most, server_children()) end
+  if i % 50 == 0 then most = math.max(most, children()) end
 end
 print("most=" .. most)
 ]])
@@ -137,17 +141,31 @@ print("most=" .. most)
   local out, status = T.run(("taskset -c %s %s %s"):format(cpus, T.quote(T.luamp()), T.quote(script)))
   T.eq(status, 0, "the pinned loop of starts ran")
   local most = tonumber(out:match("most=(%d+)"))
-  T.check(most and most <= 6, "children of the server at most 2 idle + 4 ending: " .. tostring(most))
+  T.check(most and most <= 6, "forkserver children at most 2 idle + 4 ending: " .. tostring(most))
 end
 
--- -- A server killed from outside is replaced -----------------------------------
+-- -- The server killed from outside -------------------------------------------
 
-os.execute("kill -9 " .. server)
-mp.sleep(0.2)
+-- A running child is not the server's: it carries on, and its exit code
+-- comes as usual.
+do
+  local r, w = mp.Pipe(false)
+  local p = mp.Process{target = function(conn) conn:recv(); os.exit(7) end, args = {r}}
+  p:start()
+  os.execute("kill -9 " .. server)
+  mp.sleep(0.2)
+  T.check(p:is_alive(), "a running child outlives the server")
+  w:send("go")
+  p:join(10)
+  T.eq(p.exitcode, 7, "its exit code")
+end
+
+-- The next start notices and launches a new server.
 T.eq(child_code(os.exit, 6), 6, "a process starts after the server was killed")
-local now = descendants_of(mp.getpid())
-T.eq(#now, 1, "a new server")
-T.check(now[1] ~= server, "it is a different process")
+local new_server = core.forkserver_pid()
+T.check(new_server and new_server ~= server, "a new server")
+T.check(live_children()[new_server], "it runs")
+T.eq(T.run("ps -o pid= -p " .. server), "", "the old one is gone, reaped")
 
 os.execute("rm -rf '" .. TMP .. "'")
 T.done()
