@@ -222,22 +222,34 @@ bool poll_until(pollfd* p, int n, int64_t deadline) {
   }
 }
 
+// Whether our unreaped child `pid` has ended (or was reaped behind our
+// back: SIGCHLD=SIG_IGN).
+bool has_ended(pid_t pid) {
+  siginfo_t info{};
+  return waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid != 0;
+}
+
+// How long a joiner sleeps on a forkserver child's channel between checks
+// that the child lives: the channel could have been inherited by a process
+// that outlives the child.
+constexpr int64_t kCheckSliceNs = 20'000'000;
+
 // A forkserver child has ended once its channel (its sentinel) is
-// readable, or its pidfd: a waiter that sleeps watches that too, in case
-// the channel was inherited by a process that outlives the child (the
-// pidfd never is; it is opened only then, as for a fork child). False on
-// timeout.
+// readable: its report, or EOF. False on timeout.
 bool wait_forkserver_child(Child& c, double timeout) {
-  pollfd p[2] = {{c.chan, POLLIN, 0}, {c.pidfd, POLLIN, 0}};
-  auto readable = [&] { return ::poll(p, 1, 0) > 0; };
-  if (readable()) return true;
-  if (timeout == 0) return false;
+  pollfd p{c.chan, POLLIN, 0};
+  auto reported = [&] { return ::poll(&p, 1, 0) > 0; };
+  if (reported()) return true;
+  if (timeout == 0) return has_ended(c.pid);
   int64_t deadline = futex::deadline_after(timeout);
   double spin = spin_budget();
-  if (spin > 0 && spin_until(readable, std::min(deadline, futex::deadline_after(spin)))) return true;
-  if (c.pidfd < 0) c.pidfd = pidfd_open(c.pid, 0);
-  p[1].fd = c.pidfd;
-  return poll_until(p, c.pidfd >= 0 ? 2 : 1, deadline);
+  if (spin > 0 && spin_until(reported, std::min(deadline, futex::deadline_after(spin)))) return true;
+  for (;;) {
+    int64_t slice_end = std::min(deadline, futex::now_ns() + kCheckSliceNs);
+    if (poll_until(&p, 1, slice_end)) return true;
+    if (has_ended(c.pid)) return true;
+    if (slice_end == deadline) return false;
+  }
 }
 
 // A fork, spawn or raw child is our own: waitpid waits for it, and it

@@ -122,6 +122,28 @@ T.case("a lock held by an ended child goes to the next acquirer at once", functi
   T.joined(sibling)
 end)
 
+-- The grandchild, forked behind luamp's back, holds every fd its parent had
+-- (a forkserver child's report channel among them) for 3 s after its
+-- parent's death.
+T.case("a join returns when the child dies, not when a fork of it does", function()
+  local p = T.start(function()
+    local ffi = require("ffi")
+    pcall(ffi.cdef, "int fork(void);")
+    pcall(ffi.cdef, "unsigned int sleep(unsigned int);")
+    pcall(ffi.cdef, "void _exit(int);")
+    pcall(ffi.cdef, "int kill(int pid, int sig);")
+    pcall(ffi.cdef, "int getpid(void);")
+    if ffi.C.fork() == 0 then
+      ffi.C.sleep(3)
+      ffi.C._exit(0)
+    end
+    ffi.C.kill(ffi.C.getpid(), 9)
+  end)
+  local took = T.elapsed(function() p:join(10) end)
+  T.eq(p.exitcode, -9, "killed")
+  T.check(took < 1.5, ("join took %.2f s"):format(took))
+end)
+
 T.case("children start in the parent's working directory", function()
   local here = cwd()
   local first = T.start(function() end)  -- the forkserver starts here
