@@ -177,18 +177,6 @@ std::optional<int> reported_exit(const Child& c) {
 
 namespace {
 
-// A forkserver child has ended: its own report, else its wait status
-// (it died by a signal). One that reported is waited for later: its
-// teardown takes longer than its work did.
-void reap_forkserver_child(Child& c) {
-  if (auto code = reported_exit(c)) {
-    mark_reaped(c, *code);
-    reap_later(c.pid);
-    return;
-  }
-  reap_direct(c, 0);
-}
-
 // How long a waiter polls before it sleeps (a child that takes longer costs
 // its joiner at most this much CPU). Waking a sleeping process on a
 // VM costs 50-150 us when its vCPU has gone idle, more than a short child
@@ -234,14 +222,13 @@ bool has_ended(pid_t pid) {
 // that outlives the child.
 constexpr int64_t kCheckSliceNs = 20'000'000;
 
-// A forkserver child has ended once its channel (its sentinel) is
-// readable: its report, or EOF. False on timeout.
-bool wait_forkserver_child(Child& c, double timeout) {
+// Waits until a forkserver child's channel (its sentinel) is readable, its
+// report or EOF, or the child has ended; false once `deadline` has passed.
+bool wait_forkserver_channel(Child& c, int64_t deadline) {
   pollfd p{c.chan, POLLIN, 0};
   auto reported = [&] { return ::poll(&p, 1, 0) > 0; };
   if (reported()) return true;
-  if (timeout == 0) return has_ended(c.pid);
-  int64_t deadline = futex::deadline_after(timeout);
+  if (futex::now_ns() >= deadline) return has_ended(c.pid);
   double spin = spin_budget();
   if (spin > 0 && spin_until(reported, std::min(deadline, futex::deadline_after(spin)))) return true;
   for (;;) {
@@ -274,6 +261,23 @@ bool wait_direct_child(Child& c, double timeout) {
   }
   pollfd p{c.pidfd, POLLIN, 0};
   return poll_until(&p, 1, deadline) && reap_direct(c, 0);
+}
+
+// A forkserver child has ended: its report gives its exit code (it is
+// waited for later, its teardown taking longer than its work did); without
+// one (a signal, or a channel it closed itself) its wait status does.
+// Reaps it; nothing on timeout.
+std::optional<int> wait_forkserver_child(Child& c, double timeout) {
+  int64_t deadline = timeout == 0 ? 0 : futex::deadline_after(timeout);
+  if (!wait_forkserver_channel(c, deadline)) return std::nullopt;
+  if (auto code = reported_exit(c)) {
+    mark_reaped(c, *code);
+    reap_later(c.pid);
+    return c.exitcode;
+  }
+  double left = deadline == futex::kNoDeadline ? -1 : std::max(0.0, (deadline - futex::now_ns()) / 1e9);
+  if (!wait_direct_child(c, left)) return std::nullopt;
+  return c.exitcode;
 }
 
 // /dev/null, opened by the first process that starts a child and inherited
@@ -605,9 +609,7 @@ std::optional<int> wait(Child& c, double timeout) {
     if (!wait_direct_child(c, timeout)) return std::nullopt;
     return c.exitcode;
   }
-  if (!wait_forkserver_child(c, timeout)) return std::nullopt;
-  reap_forkserver_child(c);
-  return c.exitcode;
+  return wait_forkserver_child(c, timeout);
 }
 
 void send_signal(Child& c, int sig) {

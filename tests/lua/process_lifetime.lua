@@ -144,6 +144,25 @@ T.case("a join returns when the child dies, not when a fork of it does", functio
   T.check(took < 1.5, ("join took %.2f s"):format(took))
 end)
 
+-- A forkserver child's report channel goes too: what is left to tell its
+-- end is its exit status.
+T.case("a child that closes all its fds", function()
+  local p = T.start(function()
+    local ffi = require("ffi")
+    pcall(ffi.cdef, "int close_range(unsigned int first, unsigned int last, int flags);")
+    ffi.C.close_range(3, 0xffffffff, 0)
+    mp.sleep(1.5)
+    os.exit(5)
+  end)
+  mp.sleep(0.2)
+  T.eq(p:is_alive(), true, "is alive")
+  local took = T.elapsed(function() p:join(0.05) end)
+  T.check(took < 0.5, ("a timed join keeps its timeout (%.2f s)"):format(took))
+  T.eq(p.exitcode, nil, "has no exit code yet")
+  p:join(10)
+  T.eq(p.exitcode, 5, "exit code")
+end)
+
 T.case("children start in the parent's working directory", function()
   local here = cwd()
   local first = T.start(function() end)  -- the forkserver starts here
