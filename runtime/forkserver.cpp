@@ -167,11 +167,6 @@ struct Client {
 // (see proc's registry for why it is not freed).
 Client* g_client = nullptr;
 
-bool alive(const Idle& i) {
-  siginfo_t info{};
-  return waitid(P_PID, static_cast<id_t>(i.pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == 0;
-}
-
 // Closing its channel ends an idle child (EOF), which we then wait for.
 void let_go(Idle& i) {
   close(i.chan);
@@ -209,7 +204,7 @@ bool client_drain() {
 // get (not_inherited.hpp): each page the server writes while children
 // share it is copied.
 struct Books {
-  std::vector<pid_t, not_inherited::Allocator<pid_t>> idle;  // announced, not yet taken
+  int idle = 0;  // announced, not yet taken
 };
 
 // What a new idle child reads too; the server writes it only when it starts.
@@ -319,16 +314,8 @@ pid_t make_idle_child(Server& s, Work* work) {
   // client reads them whenever it starts a process.
   send_msg(s.ctrl, Msg{kIdle, pid}, sv[0]);
   close(sv[0]);
-  s.books->idle.push_back(pid);
+  ++s.books->idle;
   return pid;
-}
-
-void forget_idle(Server& s, pid_t pid) {
-  auto& idle = s.books->idle;
-  auto it = std::find(idle.begin(), idle.end(), pid);
-  if (it == idle.end()) return;
-  *it = idle.back();
-  idle.pop_back();
 }
 
 // Handles one client message; exits on EOF (the client has gone, or
@@ -339,7 +326,7 @@ void serve_request(Server& s) {
   int r = recv_msg(s.ctrl, &m, &fd, 0);
   if (r == 0) _exit(0);
   if (fd >= 0) close(fd);
-  if (r > 0 && m.type == kTake) forget_idle(s, m.pid);
+  if (r > 0 && m.type == kTake && s.books->idle > 0) --s.books->idle;
 }
 
 }  // namespace
@@ -386,7 +373,7 @@ pid_t dispatch(std::string_view payload, const std::vector<int>& fds) {
     }
     Idle i = g_client->idle.front();
     g_client->idle.pop_front();
-    bool placed = proc::next_child_is_short() && alive(i) && proc::place_here(i.pid);
+    bool placed = proc::next_child_is_short() && !proc::has_ended(i.pid) && proc::place_here(i.pid);
     bool handed = send_work(i.chan, payload, fds, placed);
     // Taken either way: the server makes another.
     send_msg(g_client->ctrl, Msg{kTake, i.pid}, -1);
@@ -448,7 +435,6 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
   s.books = new (not_inherited::allocate(sizeof(Books))) Books;
   s.ctrl = ctrl;
   s.client = getppid();
-  s.books->idle.reserve(static_cast<size_t>(idle_target));
   s.warm_up = warm_up;
   // Whatever the preloads printed goes out once, not again from each child.
   // The children inherit what flush_stdio(), several_cpus() and the mask
@@ -458,7 +444,7 @@ void serve(int ctrl, int idle_target, void (*warm_up)(), Work* work) {
   huge_text::remap();
   if (sched_getaffinity(0, sizeof s.cpus, &s.cpus) != 0) CPU_ZERO(&s.cpus);  // restoring it then fails, harmlessly
   for (;;) {
-    while (static_cast<int>(s.books->idle.size()) < idle_target) {
+    while (s.books->idle < idle_target) {
       if (make_idle_child(s, work) == 0) return;
     }
     serve_request(s);

@@ -147,21 +147,25 @@ void move_off_this_cpu() {
   if (CPU_COUNT(&mask) > 0) sched_setaffinity(0, sizeof mask, &mask);
 }
 
-// Reaps a fork/spawn/raw child; `options` is 0 (block) or WNOHANG.
-bool reap_direct(Child& c, int options) {
+// Waits for our child `pid` (`options`: 0 to block, or WNOHANG). Returns
+// its exit code once it is gone, nothing while it runs.
+std::optional<int> reap_pid(pid_t pid, int options) {
   int status;
   for (;;) {
-    pid_t r = waitpid(c.pid, &status, options);
-    if (r == c.pid) {
-      mark_reaped(c, exitcode_from_status(status));
-      return true;
-    }
-    if (r == 0) return false;
+    pid_t r = waitpid(pid, &status, options);
+    if (r == pid) return exitcode_from_status(status);
+    if (r == 0) return std::nullopt;
     if (errno == EINTR) continue;
     // ECHILD: reaped behind our back (a SIGCHLD=SIG_IGN script); unknown code.
-    mark_reaped(c, 255);
-    return true;
+    return 255;
   }
+}
+
+// Reaps a child of ours; `options` as for reap_pid.
+bool reap_direct(Child& c, int options) {
+  auto code = reap_pid(c.pid, options);
+  if (code) mark_reaped(c, *code);
+  return code.has_value();
 }
 
 }  // namespace
@@ -208,13 +212,6 @@ bool poll_until(pollfd* p, int n, int64_t deadline) {
     }
     if (errno != EINTR) fail_errno("poll", errno);
   }
-}
-
-// Whether our unreaped child `pid` has ended (or was reaped behind our
-// back: SIGCHLD=SIG_IGN).
-bool has_ended(pid_t pid) {
-  siginfo_t info{};
-  return waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid != 0;
 }
 
 // How long a joiner sleeps on a forkserver child's channel between checks
@@ -426,7 +423,7 @@ void init_child(pid_t parent, bool keep_stdin) {
 bool is_child() { return g_is_child; }
 
 int sentinel(Child& c) {
-  if (c.method == Method::forkserver) return c.chan >= 0 ? c.chan : c.pidfd;
+  if (c.method == Method::forkserver && c.chan >= 0) return c.chan;
   if (c.pidfd < 0 && !c.reaped) c.pidfd = pidfd_open(c.pid, 0);  // see wait_direct_child
   return c.pidfd;
 }
@@ -589,6 +586,11 @@ namespace {
 constexpr double kReapEndedSeconds = 0.005;
 }  // namespace
 
+bool has_ended(pid_t pid) {
+  siginfo_t info{};
+  return waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 || info.si_pid != 0;
+}
+
 int exitcode_from_status(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return -WTERMSIG(status);
@@ -603,7 +605,9 @@ std::optional<int> wait(Child& c, double timeout) {
   // The children joined before `c` by their reports: by now their teardown
   // is over (it ran while `c` started), or it needs this CPU, which waiting
   // here gives it.
-  reap_ended(timeout == 0 ? 0 : timeout > 0 ? std::min(timeout, kReapEndedSeconds) : kReapEndedSeconds);
+  double for_ended = timeout == 0 ? 0 : kReapEndedSeconds;
+  if (timeout > 0) for_ended = std::min(for_ended, timeout);
+  reap_ended(for_ended);
   if (c.reaped) return c.exitcode;
   if (c.method != Method::forkserver) {
     if (!wait_direct_child(c, timeout)) return std::nullopt;
@@ -634,20 +638,10 @@ int waitpid_exitcode(pid_t pid) {
 
 namespace {
 
-// Waits for `pid` (options: 0 or WNOHANG); true once it is gone.
-bool reap_pid(pid_t pid, int options) {
-  for (;;) {
-    pid_t r = waitpid(pid, nullptr, options);
-    if (r == pid) return true;
-    if (r == 0) return false;
-    if (errno != EINTR) return true;  // ECHILD: reaped behind our back (SIGCHLD=SIG_IGN)
-  }
-}
-
-// Waits for `pid` until `deadline`; true once it is gone.
+// Waits for our child `pid` until `deadline`; true once it is gone.
 bool reap_pid_until(pid_t pid, int64_t deadline) {
   if (reap_pid(pid, WNOHANG)) return true;
-  if (deadline == futex::kNoDeadline) return reap_pid(pid, 0);
+  if (deadline == futex::kNoDeadline) return reap_pid(pid, 0).has_value();
   int fd = pidfd_open(pid, 0);
   if (fd < 0) return false;
   pollfd p{fd, POLLIN, 0};
@@ -655,7 +649,7 @@ bool reap_pid_until(pid_t pid, int64_t deadline) {
   do r = ::poll(&p, 1, futex::poll_ms(deadline));
   while (r < 0 && errno == EINTR);
   close(fd);
-  return reap_pid(pid, WNOHANG);
+  return reap_pid(pid, WNOHANG).has_value();
 }
 
 }  // namespace
@@ -666,7 +660,7 @@ void reap_ended(double timeout) {
   if (!g_children) return;
   int64_t deadline = futex::deadline_after(timeout);
   std::erase_if(g_children->ending, [&](pid_t pid) {
-    return timeout == 0 ? reap_pid(pid, WNOHANG) : reap_pid_until(pid, deadline);
+    return timeout == 0 ? reap_pid(pid, WNOHANG).has_value() : reap_pid_until(pid, deadline);
   });
 }
 

@@ -144,6 +144,9 @@ std::optional<int> poll(Child& c);
 // Waits up to `timeout` seconds (< 0: no limit). Returns the exit code, or
 // nothing on timeout. Interrupted waits resume with the remaining time.
 std::optional<int> wait(Child& c, double timeout);
+// Whether our unreaped child `pid` has ended (or is no longer ours to wait
+// for: reaped behind our back, SIGCHLD=SIG_IGN). It is not reaped.
+bool has_ended(pid_t pid);
 // Sends `sig` through the pidfd (no pid-reuse race). Harmless once ended.
 void send_signal(Child& c, int sig);
 
