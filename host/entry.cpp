@@ -41,27 +41,41 @@ std::string read_fd(int fd) {
   return out;
 }
 
-// [-0, +0] Calls bootstrap.<fn>(bytes, {fds...}) and returns its integer
-// result; an error is printed and ends the process with status 1.
-int call_bootstrap(lua_State* L, const char* fn, std::string_view bytes, std::span<const int> fds = {}) {
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "multiprocessing.bootstrap");
-  if (lua_pcall(L, 1, 1, 0) == 0) {
-    lua_getfield(L, -1, fn);
-    lua_pushlstring(L, bytes.data(), bytes.size());
-    lua_createtable(L, static_cast<int>(fds.size()), 0);
-    for (size_t i = 0; i < fds.size(); ++i) {
-      lua_pushinteger(L, fds[i]);
-      lua_rawseti(L, -2, static_cast<int>(i + 1));
-    }
-    if (lua_pcall(L, 2, 1, 0) == 0) {
-      int r = static_cast<int>(lua_tointeger(L, -1));
-      lua_pop(L, 2);
-      return r;
-    }
-  }
+[[noreturn]] void bootstrap_failed(lua_State* L, const char* fn) {
   fprintf(stderr, "luamp: %s failed: %s\n", fn, push_display(L, -1));
   exit_process(EXIT_FAILURE);
+}
+
+// [-0, +1] Pushes bootstrap.<fn>; an error is printed and ends the process
+// with status 1.
+void push_bootstrap(lua_State* L, const char* fn) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "multiprocessing.bootstrap");
+  if (lua_pcall(L, 1, 1, 0) != 0) bootstrap_failed(L, fn);
+  lua_getfield(L, -1, fn);
+  lua_remove(L, -2);
+}
+
+// [-1, +0] Calls the bootstrap function `fn` on top of the stack with
+// (bytes, {fds...}) and returns its integer result; an error is printed and
+// ends the process with status 1.
+int call_pushed(lua_State* L, const char* fn, std::string_view bytes, std::span<const int> fds) {
+  lua_pushlstring(L, bytes.data(), bytes.size());
+  lua_createtable(L, static_cast<int>(fds.size()), 0);
+  for (size_t i = 0; i < fds.size(); ++i) {
+    lua_pushinteger(L, fds[i]);
+    lua_rawseti(L, -2, static_cast<int>(i + 1));
+  }
+  if (lua_pcall(L, 2, 1, 0) != 0) bootstrap_failed(L, fn);
+  int r = static_cast<int>(lua_tointeger(L, -1));
+  lua_pop(L, 1);
+  return r;
+}
+
+// [-0, +0] Calls bootstrap.<fn>(bytes, {fds...}), as call_pushed.
+int call_bootstrap(lua_State* L, const char* fn, std::string_view bytes, std::span<const int> fds = {}) {
+  push_bootstrap(L, fn);
+  return call_pushed(L, fn, bytes, fds);
 }
 
 // The fds placed from proc::kFirstPassedFd on, made close-on-exec as
@@ -96,8 +110,12 @@ int forkserver_main(pid_t parent) {
   lua_State* L = g_server_state = new_interpreter();
   int idle_target = call_bootstrap(L, "forkserver_init", forkserver::read_config(kPayloadFd));
   forkserver::Work work;
+  // Looked up once, here: in a child, the lookup's first strlen would map
+  // a page of libc's code (see raw_syscall.hpp).
+  push_bootstrap(L, "run_payload");
+  fill_small_bins(L);
   forkserver::serve(kPayloadFd, idle_target > 0 ? idle_target : 2, warm_up, &work);
-  return call_bootstrap(L, "run_payload", work.payload, std::span<const int>(work.fds, work.nfds));
+  return call_pushed(L, "run_payload", work.payload, std::span<const int>(work.fds, work.nfds));
 }
 
 }  // namespace

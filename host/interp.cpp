@@ -8,6 +8,7 @@
 
 #include "../runtime/errors.hpp"
 #include "../runtime/process.hpp"
+#include "../runtime/raw_syscall.hpp"
 #include "registrars.hpp"
 
 namespace luamp {
@@ -109,24 +110,64 @@ lua_State* new_interpreter() {
   lua_pushcfunction(L, l_os_exit);
   lua_setfield(L, -2, "exit");
   lua_pop(L, 1);
+  lua_pushlightuserdata(L, &kExitHooksKey);
   lua_newtable(L);
-  lua_setfield(L, LUA_REGISTRYINDEX, kExitHooksKey);
+  lua_rawset(L, LUA_REGISTRYINDEX);
   snapshot_stdenv(L);
   return L;
+}
+
+// A child's first allocations come from the allocator's bins of small free
+// chunks: holes the collector left all over the heap while the server
+// started up, so each lands on a page of its own, which the child copies
+// (~7 of a forkserver child's page faults). With those bins empty they are
+// carved one after another from one free block instead. The chunks are
+// found by address alone: LuaJIT's allocator (dlmalloc's) never leaves two
+// free chunks side by side, so an allocation adjacent to the previous one
+// of its size was carved from a free block, and that size's bin is empty.
+// Sizes are its small chunk sizes (32 to 248 bytes in steps of 8, a request
+// of n bytes taking n + 8); what is kept is bounded, a few kB in practice.
+void fill_small_bins(lua_State* L) {
+  constexpr size_t kOverhead = 8, kStep = 8, kSmallest = 32, kLargest = 248;
+  constexpr size_t kMaxKept = 256 * 1024;
+  void* ud;
+  lua_Alloc alloc = lua_getallocf(L, &ud);
+  size_t kept = 0;
+  char* block = nullptr;  // where the last size class reached a free block
+  for (size_t size = kLargest; size >= kSmallest && kept < kMaxKept; size -= kStep) {
+    char* prev = nullptr;
+    while (kept < kMaxKept) {
+      auto* p = static_cast<char*>(alloc(ud, nullptr, 0, size - kOverhead));
+      if (!p) return;
+      if (p == block || (prev && p == prev + size)) {
+        alloc(ud, p, size - kOverhead, 0);  // back into the block it came from
+        block = p;
+        break;
+      }
+      prev = p;
+      kept += size;
+    }
+  }
+}
+
+void push_exit_hooks(lua_State* L) {
+  lua_pushlightuserdata(L, &kExitHooksKey);
+  lua_rawget(L, LUA_REGISTRYINDEX);
 }
 
 void run_exit_hooks(lua_State* L) {
   // Nothing at exit needs the collector, and in a forked child a GC cycle
   // would copy every page it marks.
   lua_gc(L, LUA_GCSTOP, 0);
-  lua_getfield(L, LUA_REGISTRYINDEX, kExitHooksKey);
+  push_exit_hooks(L);
   if (!lua_istable(L, -1)) {
     lua_pop(L, 1);
     return;
   }
   // Detach the list first so a hook that calls os.exit cannot re-enter.
+  lua_pushlightuserdata(L, &kExitHooksKey);
   lua_pushnil(L);
-  lua_setfield(L, LUA_REGISTRYINDEX, kExitHooksKey);
+  lua_rawset(L, LUA_REGISTRYINDEX);
   int n = static_cast<int>(lua_objlen(L, -1));
   for (int i = n; i >= 1; --i) {  // last registered runs first, as atexit
     lua_rawgeti(L, -1, i);
@@ -142,7 +183,8 @@ void exit_process(int code) {
   proc::flush_stdio();
   if (proc::is_child()) {
     proc::report_exit(code & 0xff);
-    _exit(code & 0xff);
+    raw::call(SYS_exit_group, code & 0xff);  // see raw_syscall.hpp
+    __builtin_unreachable();
   }
   exit(code & 0xff);
 }

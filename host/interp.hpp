@@ -21,11 +21,21 @@ extern const EmbeddedModule kStdlib[];  // generated; ends with a null name
 
 // Registry keys shared across the runtime.
 inline constexpr const char* kStdEnvKey = "luamp.stdenv";       // name -> value at startup
-inline constexpr const char* kExitHooksKey = "luamp.exit_hooks"; // list of functions
+// registry[&kExitHooksKey]: the exit hooks, a list of functions. A light
+// userdata key: lua_getfield would measure a string key with libc's strlen,
+// code a forked child has not mapped yet (see raw_syscall.hpp).
+inline char kExitHooksKey;
 
 // Creates an interpreter with everything above installed. Never returns null
 // (aborts on out of memory, as lua.c does).
 lua_State* new_interpreter();
+
+// Takes the small free chunks out of the allocator's bins of `L`, for good:
+// called by the forkserver before it forks children (see interp.cpp).
+void fill_small_bins(lua_State* L);
+
+// [-0, +1] The exit hooks' list (nil once they run).
+void push_exit_hooks(lua_State* L);
 
 // Runs the exit hooks (joins children, ...), printing errors on stderr.
 // Safe to call more than once: hooks run only the first time.

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdio>
 
+#include "../runtime/raw_syscall.hpp"
 #include "binding.hpp"
 #include "interp.hpp"
 #include "registrars.hpp"
@@ -108,7 +109,7 @@ int l_core_sleep(lua_State* L) {
 }
 
 int l_core_getpid(lua_State* L) {
-  lua_pushinteger(L, getpid());
+  lua_pushinteger(L, raw::call(SYS_getpid));  // raw: see raw_syscall.hpp
   return 1;
 }
 
@@ -127,7 +128,7 @@ int l_core_cpu_count(lua_State* L) {
 // core.atexit(fn): fn runs in the exit procedure (last registered first)
 int l_core_atexit(lua_State* L) {
   if (!lua_isfunction(L, 1)) arg_type_error(L, "atexit", 1, "fn", "a function");
-  lua_getfield(L, LUA_REGISTRYINDEX, kExitHooksKey);
+  push_exit_hooks(L);
   if (!lua_istable(L, -1)) return 0;  // exiting already
   lua_pushvalue(L, 1);
   lua_rawseti(L, -2, static_cast<int>(lua_objlen(L, -2)) + 1);

@@ -20,6 +20,7 @@
 
 #include "../runtime/forkserver.hpp"
 #include "../runtime/process.hpp"
+#include "../runtime/raw_syscall.hpp"
 #include "binding.hpp"
 #include "registrars.hpp"
 
@@ -274,7 +275,7 @@ int l_core_urandom(lua_State* L) {
   size_t n = static_cast<size_t>(luaL_checkinteger(L, 1));
   std::string buf(n, '\0');
   for (size_t off = 0; off < n;) {
-    ssize_t r = getrandom(buf.data() + off, n - off, 0);
+    ssize_t r = raw::call(SYS_getrandom, buf.data() + off, n - off, 0);
     if (r < 0 && errno != EINTR) fail_errno("getrandom", errno);
     if (r > 0) off += static_cast<size_t>(r);
   }

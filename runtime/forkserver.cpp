@@ -20,6 +20,7 @@
 #include "errors.hpp"
 #include "futex.hpp"
 #include "huge_text.hpp"
+#include "raw_syscall.hpp"
 #include "not_inherited.hpp"
 #include "process.hpp"
 
@@ -228,7 +229,7 @@ size_t recv_work(int chan, WorkHeader* w, Work* work) {
   h.msg_control = cbuf;
   h.msg_controllen = sizeof cbuf;
   ssize_t n;
-  do n = recvmsg(chan, &h, MSG_CMSG_CLOEXEC);
+  do n = raw::call(SYS_recvmsg, chan, &h, MSG_CMSG_CLOEXEC);
   while (n < 0 && errno == EINTR);
   if (n <= 0) _exit(0);
   for (cmsghdr* c = CMSG_FIRSTHDR(&h); c; c = CMSG_NXTHDR(&h, c)) {
@@ -250,7 +251,7 @@ size_t recv_work(int chan, WorkHeader* w, Work* work) {
 void idle_child_wait(const Server& s, int chan, Work* work) {
   WorkHeader w;
   size_t got = recv_work(chan, &w, work);
-  if (w.placed) sched_setaffinity(0, sizeof s.cpus, &s.cpus);
+  if (w.placed) raw::call(SYS_sched_setaffinity, 0, sizeof s.cpus, &s.cpus);
   if (work->nfds != w.nfds) {
     fprintf(stderr, "luamp: a forkserver child received %zu of %u Connection fds\n", work->nfds, w.nfds);
     _exit(1);
@@ -281,7 +282,7 @@ bool should_warm_up(int chan) {
   pollfd p{chan, POLLIN, 0};
   timespec wait{0, kWarmUpAfterNs};
   int r;
-  do r = ppoll(&p, 1, &wait, nullptr);
+  do r = static_cast<int>(raw::call(SYS_ppoll, &p, 1, &wait, nullptr, _NSIG / 8));
   while (r < 0 && errno == EINTR);
   return r == 0;
 }
@@ -302,8 +303,8 @@ pid_t make_idle_child(Server& s, Work* work) {
     throw;
   }
   if (pid == 0) {
-    close(s.ctrl);
-    close(sv[0]);
+    raw::call(SYS_close, s.ctrl);
+    raw::call(SYS_close, sv[0]);
     proc::init_child(s.client, true);  // stdin: the server's, /dev/null already
     if (should_warm_up(sv[1])) s.warm_up();
     idle_child_wait(s, sv[1], work);

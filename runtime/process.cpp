@@ -30,6 +30,7 @@
 #include "forkserver.hpp"
 #include "futex.hpp"
 #include "huge_text.hpp"
+#include "raw_syscall.hpp"
 #include "not_inherited.hpp"
 #include "pidfd.hpp"
 #include "shm.hpp"
@@ -94,7 +95,7 @@ int g_exit_report_fd = -1;
 bool g_placed = false;
 
 void close_fd(int& fd) {
-  if (fd >= 0) close(fd);
+  if (fd >= 0) raw::call(SYS_close, fd);
   fd = -1;
 }
 
@@ -140,11 +141,11 @@ bool pin_to_this_cpu(pid_t pid, cpu_set_t* saved) {
 // Lets this process run on any CPU it may use but the current one, if any.
 void move_off_this_cpu() {
   cpu_set_t mask;
-  if (sched_getaffinity(0, sizeof mask, &mask) != 0) return;
-  int cpu = sched_getcpu();
-  if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &mask)) return;
+  unsigned cpu;
+  if (raw::call(SYS_sched_getaffinity, 0, sizeof mask, &mask) < 0 || raw::call(SYS_getcpu, &cpu, nullptr, nullptr) < 0) return;
+  if (cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &mask)) return;
   CPU_CLR(cpu, &mask);
-  if (CPU_COUNT(&mask) > 0) sched_setaffinity(0, sizeof mask, &mask);
+  raw::call(SYS_sched_setaffinity, 0, sizeof mask, &mask);  // EINVAL if that was the only one
 }
 
 // Waits for our child `pid` (`options`: 0 to block, or WNOHANG). Returns
@@ -407,8 +408,8 @@ bool next_child_is_short() {
 bool place_here(pid_t pid) { return pin_to_this_cpu(pid, nullptr); }
 
 void init_child(pid_t parent, bool keep_stdin) {
-  prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent) _exit(EXIT_FAILURE);  // parent died before prctl
+  raw::call(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
+  if (raw::call(SYS_getppid) != parent) _exit(EXIT_FAILURE);  // parent died before prctl
   g_is_child = true;
   // The parent's sentinels stay open here, unused (close-on-exec): a pidfd
   // keeps no process alive, and closing one per sibling made each start cost
@@ -436,7 +437,7 @@ constexpr int kForksBeforeHugeText = 8;
 int g_forks = 0;
 
 pid_t fork_for_parent() {
-  pid_t pid = static_cast<pid_t>(syscall(SYS_clone, CLONE_PARENT | SIGCHLD, nullptr, nullptr, nullptr, 0));
+  pid_t pid = static_cast<pid_t>(raw::call(SYS_clone, CLONE_PARENT | SIGCHLD, nullptr, nullptr, nullptr, 0));
   if (pid < 0) fail_errno("clone", errno);
   if (pid == 0) luamp_sync_after_fork();
   return pid;
@@ -564,8 +565,8 @@ void report_exit(int code) {
   // and every other fd is closed, so that the pipes and sockets it held are
   // at end-of-file, as after a real exit.
   luamp_sync_release_owned();
-  close_range(0, static_cast<unsigned>(g_exit_report_fd) - 1, 0);
-  close_range(static_cast<unsigned>(g_exit_report_fd) + 1, ~0U, 0);
+  raw::call(SYS_close_range, 0, g_exit_report_fd - 1, 0);
+  raw::call(SYS_close_range, g_exit_report_fd + 1, ~0U, 0);
   // Nobody waits for what is left, the kernel's teardown: the joiner and
   // the sentinel go by this report. A child placed on its joiner's CPU
   // hands that CPU back and is torn down on another. It keeps its
@@ -574,7 +575,7 @@ void report_exit(int code) {
   // making every fork and exit dearer; and the next join waits for this
   // teardown (proc::wait).
   ssize_t n;
-  do n = send(g_exit_report_fd, &code, sizeof code, MSG_NOSIGNAL);
+  do n = raw::call(SYS_sendto, g_exit_report_fd, &code, sizeof code, MSG_NOSIGNAL, nullptr, 0);
   while (n < 0 && errno == EINTR);
   if (g_placed) move_off_this_cpu();
 }

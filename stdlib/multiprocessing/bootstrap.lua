@@ -244,11 +244,15 @@ end
 -- A forkserver child may have seeded math.random while it was idle.
 local seeded = false
 
+-- The multiprocessing module, in a forkserver and its children: `require`
+-- would look it up by name (with libc's strlen, a page fault in a child).
+local loaded_mp
+
 -- Spawned and forkserver children: decode the payload and run it.
 function M.run_payload(bytes, fds)
   pause_jit()
   if not seeded then util.reseed_random() end
-  local mp = require("multiprocessing")  -- registers the classes decoding needs
+  local mp = loaded_mp or require("multiprocessing")  -- registers the classes decoding needs
   local ok, d, proc = xpcall(decode_process, traceback, bytes, fds)
   if not ok then
     io.stderr:write("luamp: cannot start the process: ", d, "\n")
@@ -277,7 +281,7 @@ end
 function M.forkserver_init(bytes)
   local c = core.loads(bytes, true)
   package.path, package.cpath = c.path, c.cpath
-  require("multiprocessing")
+  loaded_mp = require("multiprocessing")
   for _, name in ipairs(c.preload) do
     local ok, err = pcall(require, name)
     if not ok then
