@@ -1,4 +1,5 @@
-// huge_text.cpp — the executable's code on one 2 MiB page (see huge_text.hpp).
+// huge_text.cpp — the executable's code and read-only data on 2 MiB pages
+// (see huge_text.hpp).
 #include "huge_text.hpp"
 
 #include <elf.h>
@@ -26,16 +27,21 @@ struct Range {
   uintptr_t end = 0;
 };
 
-// The executable's code segment; the first object dl_iterate_phdr reports
-// is the executable.
-int find_code(dl_phdr_info* info, size_t, void* out) {
-  auto* code = static_cast<Range*>(out);
+struct Segments {
+  Range code;
+  Range rodata;  // the read-only segment after the code: .rodata, .eh_frame...
+};
+
+// The executable's code segment and the read-only one after it; the first
+// object dl_iterate_phdr reports is the executable.
+int find_segments(dl_phdr_info* info, size_t, void* out) {
+  auto* s = static_cast<Segments*>(out);
   for (int i = 0; i < info->dlpi_phnum; ++i) {
     const ElfW(Phdr)& ph = info->dlpi_phdr[i];
-    if (ph.p_type == PT_LOAD && (ph.p_flags & PF_X)) {
-      code->start = info->dlpi_addr + ph.p_vaddr;
-      code->end = code->start + ph.p_memsz;
-    }
+    if (ph.p_type != PT_LOAD) continue;
+    Range r{info->dlpi_addr + ph.p_vaddr, info->dlpi_addr + ph.p_vaddr + ph.p_memsz};
+    if (ph.p_flags & PF_X) s->code = r;
+    else if (!(ph.p_flags & PF_W) && s->code.start != 0 && s->rodata.start == 0) s->rodata = r;
   }
   return 1;
 }
@@ -63,26 +69,27 @@ char* huge_page() {
   return reinterpret_cast<char*>(aligned);
 }
 
-bool move_code(const Range& code) {
-  uintptr_t window = code.start;
-  if (window % kHugePage != 0 || code.end - code.start > kHugePage) return false;
-  uintptr_t code_pages_end = round_up(code.end, kPage);
-  // Whatever follows the code in its 2 MiB would be replaced too.
-  if (!reserve(code_pages_end, window + kHugePage)) return false;
+// Moves the segment `seg` (mapped `prot`) onto a huge page at its address.
+bool move_segment(const Range& seg, int prot) {
+  uintptr_t window = seg.start;
+  if (window % kHugePage != 0 || seg.end - seg.start > kHugePage) return false;
+  uintptr_t seg_pages_end = round_up(seg.end, kPage);
+  // Whatever follows the segment in its 2 MiB would be replaced too.
+  if (!reserve(seg_pages_end, window + kHugePage)) return false;
   char* copy = huge_page();
   if (copy != nullptr) {
     // Advised before the first write, which then allocates the huge page;
     // MADV_COLLAPSE only confirms it (or makes one, or fails).
     madvise(copy, kHugePage, MADV_HUGEPAGE);
-    memcpy(copy, reinterpret_cast<const void*>(code.start), code.end - code.start);
-    if (madvise(copy, kHugePage, MADV_COLLAPSE) == 0 && mprotect(copy, kHugePage, PROT_READ | PROT_EXEC) == 0 &&
+    memcpy(copy, reinterpret_cast<const void*>(seg.start), seg.end - seg.start);
+    if (madvise(copy, kHugePage, MADV_COLLAPSE) == 0 && mprotect(copy, kHugePage, prot) == 0 &&
         mremap(copy, kHugePage, kHugePage, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(window)) !=
             MAP_FAILED)
       return true;
     munmap(copy, kHugePage);
   }
-  if (code_pages_end < window + kHugePage)
-    munmap(reinterpret_cast<void*>(code_pages_end), window + kHugePage - code_pages_end);
+  if (seg_pages_end < window + kHugePage)
+    munmap(reinterpret_cast<void*>(seg_pages_end), window + kHugePage - seg_pages_end);
   return false;
 }
 
@@ -90,9 +97,13 @@ bool move_code(const Range& code) {
 
 bool remap() {
   static const bool moved = [] {
-    Range code;
-    dl_iterate_phdr(find_code, &code);
-    return code.start != 0 && move_code(code);
+    Segments s;
+    dl_iterate_phdr(find_segments, &s);
+    if (s.code.start == 0 || !move_segment(s.code, PROT_READ | PROT_EXEC)) return false;
+    // Constants, jump tables and string literals: read-only, but a child
+    // would fault them in by the 64 KiB from the file as it does code.
+    if (s.rodata.start != 0) move_segment(s.rodata, PROT_READ);
+    return true;
   }();
   return moved;
 }

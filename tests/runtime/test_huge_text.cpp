@@ -1,7 +1,7 @@
-// test_huge_text.cpp — runtime/huge_text.hpp: the code moves onto one
-// anonymous huge page that children inherit, or stays mapped from the file;
-// either way the program keeps running. Done in a child, which is free to
-// rearrange its own code.
+// test_huge_text.cpp — runtime/huge_text.hpp: the code (and the read-only
+// data after it) moves onto an anonymous huge page that children inherit,
+// or stays mapped from the file; either way the program keeps running.
+// Done in a child, which is free to rearrange its own code.
 #include <doctest/doctest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -51,14 +51,20 @@ Mapping mapping_of(const void* addr) {
 
 const void* code_address() { return reinterpret_cast<const void*>(&luamp::huge_text::remap); }
 
-bool on_huge_page(const Mapping& m) { return m.found && m.path.empty() && m.perms == "r-xp" && m.anon_huge_kb == 2048; }
+// In the read-only segment, which the linker puts after the code.
+const char kReadOnly[] = "read-only data, moved with the code";
+
+bool on_huge_page(const Mapping& m, const char* perms = "r-xp") {
+  return m.found && m.path.empty() && m.perms == perms && m.anon_huge_kb == 2048;
+}
 
 // Exit codes of the child below.
-constexpr int kMoved = 0, kStayed = 2, kBroken = 1;
+constexpr int kMoved = 0, kStayed = 2, kBroken = 1, kDataStayed = 3;
 
 int move_and_check() {
   Mapping before = mapping_of(code_address());
-  if (!before.found || before.path.empty()) return kBroken;
+  Mapping data_before = mapping_of(kReadOnly);
+  if (!before.found || before.path.empty() || data_before.path.empty()) return kBroken;
   bool moved = luamp::huge_text::remap();
   if (luamp::huge_text::remap() != moved) return kBroken;  // once per process
   Mapping after = mapping_of(code_address());
@@ -69,7 +75,12 @@ int move_and_check() {
   if (pid == 0) _exit(on_huge_page(mapping_of(code_address())) && luamp::huge_text::remap() ? 0 : 1);
   int status = 0;
   if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) return kBroken;
-  return kMoved;
+  // The data moves on its own huge page, or stays mapped from the file;
+  // its contents are the same either way.
+  Mapping data_after = mapping_of(kReadOnly);
+  if (strcmp(kReadOnly, "read-only data, moved with the code") != 0) return kBroken;
+  if (on_huge_page(data_after, "r--p")) return kMoved;
+  return data_after.path == data_before.path ? kDataStayed : kBroken;
 }
 
 std::string thp_setting() {
