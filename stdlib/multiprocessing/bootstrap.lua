@@ -28,7 +28,9 @@ end
 -- and unwound (the first unwind in a process sorts the binary's frame
 -- tables): some 30-60 us of each short child. The target runs with the
 -- compiler as the child found it.
-local jit_was_on  -- nil until a child pauses it
+-- nil until a child pauses it; a forkserver sets it for its children, as
+-- each write in a child copies the page it lands on.
+local jit_was_on
 -- jit.status() also returns the compiler's flags as strings: kept (in the
 -- module, so that the collector sees them in use) to stay interned, and the
 -- call in a child allocates nothing (each allocation there is a page copied
@@ -36,9 +38,8 @@ local jit_was_on  -- nil until a child pauses it
 M._jit_flags = { jit.status() }
 
 local function pause_jit()
-  if jit_was_on ~= nil then return end
-  jit_was_on = jit.status()
-  if jit_was_on then jit.off() end
+  if jit_was_on == nil then jit_was_on = jit.status() end
+  if jit_was_on and jit.status() then jit.off() end
 end
 
 local function run_target(proc)
@@ -223,16 +224,20 @@ end
 -- describes. A Connection in it takes its fd from `fds`, those that came
 -- with the payload; an fd that none took is closed.
 local function decode_process(bytes, fds)
-  registry[PAYLOAD_FDS] = fds
+  -- Most payloads come without fds: then the registry is left alone.
+  local with_fds = fds ~= nil and #fds > 0
+  if with_fds then registry[PAYLOAD_FDS] = fds end
   local ok, d = pcall(core.loads, bytes)
   if ok and d.setup then
     local setup = d
     ok, d = pcall(set_up, setup)
     if ok then ok, d = pcall(core.loads, setup.data) end
   end
-  registry[PAYLOAD_FDS] = nil
-  for _, fd in ipairs(fds or {}) do
-    if fd then core.close_fd(fd) end
+  if with_fds then
+    registry[PAYLOAD_FDS] = nil
+    for _, fd in ipairs(fds) do
+      if fd then core.close_fd(fd) end
+    end
   end
   if not ok then error(d, 0) end
   local state = d.state
@@ -258,7 +263,7 @@ function M.run_payload(bytes, fds)
     io.stderr:write("luamp: cannot start the process: ", d, "\n")
     core.exit(1)
   end
-  mp.set_start_method(d.method, true)
+  if mp.get_start_method(true) ~= d.method then mp.set_start_method(d.method, true) end
   M.run(proc, d.parent_pid, d.parent_name, d.authkey)
 end
 
@@ -292,8 +297,11 @@ function M.forkserver_init(bytes)
     end
   end
   io.stderr:flush()
-  -- What a child finds when its setup message leaves them out.
+  -- What a child finds when its setup message leaves them out, and what
+  -- it would otherwise set itself.
   package.path, package.cpath = c.path, c.cpath
+  loaded_mp.set_start_method("forkserver", true)
+  jit_was_on = jit.status()
   local here = { path = c.path, cpath = c.cpath, cwd = core.getcwd() }
   sample = M.payload(process.Process{ target = function() end, args = { 1 } }, "forkserver", here)
   -- The server runs no Lua from here on; its children inherit a stopped
