@@ -406,6 +406,10 @@ void stop() {
   proc::reap_ended(-1);
 }
 
+void take_announcements() {
+  if (running()) client_drain();  // a server found gone is dealt with at the next start
+}
+
 void forget_in_child() {
   if (!g_client) return;
   for (const Idle& i : g_client->idle) close(i.chan);

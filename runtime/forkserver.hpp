@@ -50,6 +50,12 @@ pid_t dispatch(std::string_view payload, const std::vector<int>& fds = {});
 // child of ours still ending (exit procedure).
 void stop();
 void forget_in_child();
+// Takes the idle children the server has announced so far. Called before a
+// forkserver child's channel is closed: the last close of a unix socket
+// wakes the kernel's collector of in-flight fds (a kernel worker, per
+// start) while any fd sent over a unix socket is still unreceived, as the
+// one in an announcement is until we take it.
+void take_announcements();
 
 // -- Server ------------------------------------------------------------------
 

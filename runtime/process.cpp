@@ -320,6 +320,7 @@ void displace(Registry& r, Child& old) {
 
 void forget(Child& c) {
   close_fd(c.pidfd);
+  if (c.chan >= 0) forkserver::take_announcements();
   close_fd(c.chan);
   if (g_children->displaced.erase(c.gen) == 0) g_children->children.erase(&c);
 }
