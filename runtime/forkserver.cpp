@@ -103,12 +103,14 @@ struct WorkHeader {
   uint64_t len;
   uint32_t nfds;    // fds attached to the header (SCM_RIGHTS)
   uint32_t placed;  // 1: the child was narrowed to its parent's CPU (proc::place_here)
+  uint32_t narrowed;  // 1: its mask may be narrowed, by placing or by keep_server_off
+  uint32_t unused = 0;
 };
 
 // Sends the header with `fds` attached and the payload, in one call when
 // the socket takes it all. False when the child is gone.
-bool send_work(int chan, std::string_view payload, const std::vector<int>& fds, bool placed) {
-  WorkHeader w{payload.size(), static_cast<uint32_t>(fds.size()), placed ? 1U : 0U};
+bool send_work(int chan, std::string_view payload, const std::vector<int>& fds, bool placed, bool narrowed) {
+  WorkHeader w{payload.size(), static_cast<uint32_t>(fds.size()), placed ? 1U : 0U, narrowed ? 1U : 0U};
   iovec iov[2] = {{&w, sizeof w}, {const_cast<char*>(payload.data()), payload.size()}};
   msghdr h{};
   h.msg_iov = iov;
@@ -162,6 +164,8 @@ struct Client {
   pid_t server = -1;
   int ctrl = -1;
   std::deque<Idle> idle;
+  int server_kept_off = -1;      // the CPU keep_server_off() last kept it off
+  bool server_narrowed = false;  // ever, since it started: its children may be too
 };
 
 // Made when the server starts; a new child abandons its parent's copy
@@ -175,6 +179,33 @@ void let_go(Idle& i) {
 }
 
 enum class Rx { message, nothing, gone };
+
+// A child placed on our CPU (proc::place_here) is woken there by its work,
+// and the server by the TAKE that follows: both wake-ups are synchronous
+// (unix sockets), so the scheduler put the server on this CPU too, where it
+// forked the replacement ahead of the child while the other CPU tore the
+// previous child down. Kept off our CPU, it forks beside the child. Its
+// children set their own mask back (idle_child_wait). A server that falls
+// behind (no idle child ready) gets all our CPUs back (let_server_in): where
+// the CPUs it is left with are busy, or taken by the hypervisor, it would
+// make the starts wait instead.
+void keep_server_off(int cpu) {
+  if (cpu < 0 || cpu == g_client->server_kept_off) return;
+  cpu_set_t mask;
+  if (sched_getaffinity(0, sizeof mask, &mask) != 0) return;
+  CPU_CLR(cpu, &mask);
+  if (CPU_COUNT(&mask) == 0) return;
+  if (sched_setaffinity(g_client->server, sizeof mask, &mask) != 0) return;
+  g_client->server_kept_off = cpu;
+  g_client->server_narrowed = true;
+}
+
+void let_server_in() {
+  if (g_client->server_kept_off < 0) return;
+  cpu_set_t mask;
+  if (sched_getaffinity(0, sizeof mask, &mask) == 0) sched_setaffinity(g_client->server, sizeof mask, &mask);
+  g_client->server_kept_off = -1;
+}
 
 // Handles one server message (blocking unless flags has MSG_DONTWAIT).
 Rx client_receive(int flags) {
@@ -213,7 +244,7 @@ struct Server {
   int ctrl;
   pid_t client;
   void (*warm_up)();
-  cpu_set_t cpus;  // the server's affinity, which a placed child gets back
+  cpu_set_t cpus;  // the server's affinity at its start, which a narrowed child gets back
   Books* books;    // not mapped in a child
 };
 
@@ -251,7 +282,8 @@ size_t recv_work(int chan, WorkHeader* w, Work* work) {
 void idle_child_wait(const Server& s, int chan, Work* work) {
   WorkHeader w;
   size_t got = recv_work(chan, &w, work);
-  if (w.placed) raw::call(SYS_sched_setaffinity, 0, sizeof s.cpus, &s.cpus);
+  // Placed on its parent's CPU, or forked by a server kept off it.
+  if (w.narrowed) raw::call(SYS_sched_setaffinity, 0, sizeof s.cpus, &s.cpus);
   if (work->nfds != w.nfds) {
     fprintf(stderr, "luamp: a forkserver child received %zu of %u Connection fds\n", work->nfds, w.nfds);
     _exit(1);
@@ -352,6 +384,8 @@ void ensure_started(std::string_view config) {
   }
   close(sv[1]);
   g_client->ctrl = sv[0];
+  g_client->server_kept_off = -1;
+  g_client->server_narrowed = false;
   if (send(sv[0], config.data(), config.size(), MSG_NOSIGNAL) < 0) {
     int err = errno;
     stop();
@@ -367,6 +401,7 @@ pid_t dispatch(std::string_view payload, const std::vector<int>& fds) {
   proc::flush_stdio();
   for (;;) {
     bool server_alive = client_drain();
+    if (server_alive && g_client->idle.empty()) let_server_in();
     while (server_alive && g_client->idle.empty()) server_alive = client_receive(0) != Rx::gone;
     if (!server_alive) {
       stop();  // the next start launches a new one
@@ -374,8 +409,10 @@ pid_t dispatch(std::string_view payload, const std::vector<int>& fds) {
     }
     Idle i = g_client->idle.front();
     g_client->idle.pop_front();
-    bool placed = proc::next_child_is_short() && !proc::has_ended(i.pid) && proc::place_here(i.pid);
-    bool handed = send_work(i.chan, payload, fds, placed);
+    int cpu = proc::next_child_is_short() && !proc::has_ended(i.pid) ? proc::place_here(i.pid) : -1;
+    bool placed = cpu >= 0;
+    keep_server_off(cpu);
+    bool handed = send_work(i.chan, payload, fds, placed, placed || g_client->server_narrowed);
     // Taken either way: the server makes another.
     send_msg(g_client->ctrl, Msg{kTake, i.pid}, -1);
     if (!handed) {

@@ -406,7 +406,10 @@ bool next_child_is_short() {
   return g_children && g_children->last_was_short && g_children->running == 0 && futex::several_cpus();
 }
 
-bool place_here(pid_t pid) { return pin_to_this_cpu(pid, nullptr); }
+int place_here(pid_t pid) {
+  int cpu = sched_getcpu();
+  return cpu >= 0 && pin_to_this_cpu(pid, nullptr) ? cpu : -1;
+}
 
 void init_child(pid_t parent, bool keep_stdin) {
   raw::call(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);

@@ -93,9 +93,9 @@ pid_t fork_for_parent();
 bool next_child_is_short();
 // Narrows the idle process `pid`, not yet woken, to this process's CPU (for
 // a child that next_child_is_short() says should run here); it must restore
-// its own mask once woken. Requires: `pid` is known to be alive (a pid is
-// reused once its process is reaped).
-bool place_here(pid_t pid);
+// its own mask once woken. Returns the CPU, or -1 if it could not. Requires:
+// `pid` is known to be alive (a pid is reused once its process is reaped).
+int place_here(pid_t pid);
 
 // Fds that travel with a start payload (the Connections among a Process's
 // args): a spawned child finds them from fd kFirstPassedFd on, a forkserver

@@ -370,6 +370,17 @@ do -- a short child's successor may start on its parent's CPU (process.cpp); nei
   end
   local got = in_child(function(emit) emit(cpus_allowed()) end)
   T.eq(got, mine .. "\n", "the child after short ones may run on every CPU its parent may")
+  -- Not placed (another child runs), yet forked by a forkserver that short
+  -- starts kept off the parent's CPU (forkserver.cpp): its mask is whole too.
+  for _ = 1, 20 do
+    local p = mp.Process{target = function() end}
+    p:start(); p:join()
+  end
+  local sleeper = mp.Process{target = mp.sleep, args = {0.3}}
+  sleeper:start()
+  got = in_child(function(emit) emit(cpus_allowed()) end)
+  sleeper:join()
+  T.eq(got, mine .. "\n", "a child started while another runs may run on every CPU its parent may")
   T.eq(cpus_allowed(), mine, "the parent's CPU affinity is restored")
   local pid = mp.fork()
   if pid == 0 then os.exit(cpus_allowed() == mine and 0 or 1) end
