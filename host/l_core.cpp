@@ -114,7 +114,7 @@ int l_core_getpid(lua_State* L) {
 }
 
 int l_core_getppid(lua_State* L) {
-  lua_pushinteger(L, getppid());
+  lua_pushinteger(L, raw::call(SYS_getppid));  // raw: see raw_syscall.hpp
   return 1;
 }
 

@@ -273,13 +273,22 @@ int l_core_chdir(lua_State* L) {
 // core.urandom(n) -> n random bytes
 int l_core_urandom(lua_State* L) {
   size_t n = static_cast<size_t>(luaL_checkinteger(L, 1));
-  std::string buf(n, '\0');
+  // A child seeding math.random asks for a few bytes: on the stack, as
+  // zero-filling a string calls libc's memset, code a new child has not
+  // mapped (see raw_syscall.hpp).
+  char small[64];
+  std::string large;
+  char* buf = small;
+  if (n > sizeof small) {
+    large.resize(n);
+    buf = large.data();
+  }
   for (size_t off = 0; off < n;) {
-    ssize_t r = raw::call(SYS_getrandom, buf.data() + off, n - off, 0);
+    ssize_t r = raw::call(SYS_getrandom, buf + off, n - off, 0);
     if (r < 0 && errno != EINTR) fail_errno("getrandom", errno);
     if (r > 0) off += static_cast<size_t>(r);
   }
-  lua_pushlstring(L, buf.data(), n);
+  lua_pushlstring(L, buf, n);
   return 1;
 }
 

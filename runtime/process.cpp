@@ -292,9 +292,11 @@ int devnull() {
   return g_devnull;
 }
 
+// In a fork child, g_devnull is what its parent checked just before the fork
+// (fork_child): no second check, nor libc's code for it (raw_syscall.hpp).
 void redirect_stdin_to_devnull() {
-  int fd = devnull();
-  if (fd >= 0) dup2(fd, 0);
+  int fd = g_devnull >= 0 ? g_devnull : devnull();
+  if (fd > 0) raw::call(SYS_dup3, fd, 0, 0);
 }
 
 }  // namespace
@@ -457,7 +459,7 @@ pid_t fork_child(Method method) {
   cpu_set_t saved;
   bool pinned = next_child_is_short() && pin_to_this_cpu(0, &saved);
   pid_t pid = fork();
-  if (pinned) sched_setaffinity(0, sizeof saved, &saved);  // parent and child alike
+  if (pinned) raw::call(SYS_sched_setaffinity, 0, sizeof saved, &saved);  // parent and child alike
   if (pid < 0) fail_errno("fork", errno);
   if (pid == 0) {
     g_inherited_gen = gen;
