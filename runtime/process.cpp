@@ -610,9 +610,11 @@ std::optional<int> poll(Child& c) {
 
 std::optional<int> wait(Child& c, double timeout) {
   // The children joined before `c` by their reports: by now their teardown
-  // is over (it ran while `c` started), or it needs this CPU, which waiting
-  // here gives it.
-  double for_ended = timeout == 0 ? 0 : kReapEndedSeconds;
+  // is over (it ran while `c` started), or, with one CPU, it needs this
+  // CPU, which waiting here gives it. With several, a placed child's
+  // teardown runs on another CPU (move_off_this_cpu), and where that one
+  // is busy a joiner waited there up to the whole budget, in every join.
+  double for_ended = timeout == 0 || futex::several_cpus() ? 0 : kReapEndedSeconds;
   if (timeout > 0) for_ended = std::min(for_ended, timeout);
   reap_ended(for_ended);
   if (c.reaped) return c.exitcode;
