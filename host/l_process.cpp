@@ -229,6 +229,13 @@ int l_core_reap_raw_children(lua_State*) {
   return 0;
 }
 
+// core.reap_ended(): collects the children joined by their report that have
+// ended since (proc::reap_later), without waiting
+int l_core_reap_ended(lua_State*) {
+  proc::reap_ended(0);
+  return 0;
+}
+
 // core.pidfd_open(pid) -> fd or nil (the process is gone)
 int l_core_pidfd_open(lua_State* L) {
   int fd = pidfd_open(static_cast<pid_t>(luaL_checkinteger(L, 1)), 0);
@@ -304,6 +311,7 @@ const luaL_Reg kFuncs[] = {
     {"fork", wrap<l_core_fork>},
     {"waitpid", wrap<l_core_waitpid>},
     {"reap_raw_children", wrap<l_core_reap_raw_children>},
+    {"reap_ended", wrap<l_core_reap_ended>},
     {"pidfd_open", l_core_pidfd_open},
     {"wait_readable", wrap<l_core_wait_readable>},
     {"urandom", wrap<l_core_urandom>},

@@ -159,8 +159,9 @@ int waitpid_exitcode(pid_t pid);
 void reap_raw_children();
 // A forkserver child of ours to wait for later: one joined by its report
 // (its teardown is under way) or an idle one let go. Until then it is a
-// zombie: a wait for any child (join, is_alive, ...) collects those that
-// have ended, a join waits a few ms for them, the exit procedure for all.
+// zombie: a wait for any child (join, is_alive, ...) and active_children()
+// collect those that have ended (with a single CPU a join waits a few ms
+// for them), the exit procedure waits for all.
 void reap_later(pid_t pid);
 // Waits up to `timeout` seconds in all (< 0: no limit) for those.
 void reap_ended(double timeout);

@@ -313,7 +313,11 @@ function M.authkey() return authkey end
 
 -- Forgets children that have ended (reaping them), and any that this
 -- process cannot wait for.
+-- As Python's active_children(), it also collects the processes that have
+-- ended, here those a join returned for before the kernel had torn them
+-- down (their zombies).
 function M.cleanup()
+  core.reap_ended()
   for p in pairs(children) do
     local popen = p._popen
     local ok, code = pcall(popen.poll, popen)
