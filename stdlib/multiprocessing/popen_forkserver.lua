@@ -7,7 +7,9 @@ local util = require("multiprocessing.util")
 
 local M = {}
 
-local IDLE_CHILDREN = 2
+-- Idle children the server keeps ready (it keeps 2 where it may use only
+-- one CPU: see forkserver.cpp's serve).
+local IDLE_CHILDREN = 3
 local preload = {}
 local stop_registered = false
 
