@@ -110,9 +110,8 @@ lua_State* new_interpreter() {
   lua_pushcfunction(L, l_os_exit);
   lua_setfield(L, -2, "exit");
   lua_pop(L, 1);
-  lua_pushlightuserdata(L, &kExitHooksKey);
   lua_newtable(L);
-  lua_rawset(L, LUA_REGISTRYINDEX);
+  set_exit_hooks(L);
   snapshot_stdenv(L);
   return L;
 }
@@ -155,6 +154,12 @@ void push_exit_hooks(lua_State* L) {
   lua_rawget(L, LUA_REGISTRYINDEX);
 }
 
+void set_exit_hooks(lua_State* L) {
+  lua_pushlightuserdata(L, &kExitHooksKey);
+  lua_insert(L, -2);
+  lua_rawset(L, LUA_REGISTRYINDEX);
+}
+
 void run_exit_hooks(lua_State* L) {
   // Nothing at exit needs the collector, and in a forked child a GC cycle
   // would copy every page it marks.
@@ -165,9 +170,8 @@ void run_exit_hooks(lua_State* L) {
     return;
   }
   // Detach the list first so a hook that calls os.exit cannot re-enter.
-  lua_pushlightuserdata(L, &kExitHooksKey);
   lua_pushnil(L);
-  lua_rawset(L, LUA_REGISTRYINDEX);
+  set_exit_hooks(L);
   int n = static_cast<int>(lua_objlen(L, -1));
   for (int i = n; i >= 1; --i) {  // last registered runs first, as atexit
     lua_rawgeti(L, -1, i);

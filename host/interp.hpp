@@ -36,6 +36,8 @@ void fill_small_bins(lua_State* L);
 
 // [-0, +1] The exit hooks' list (nil once they run).
 void push_exit_hooks(lua_State* L);
+// [-1, +0] Makes the value on top the exit hooks' list.
+void set_exit_hooks(lua_State* L);
 
 // Runs the exit hooks (joins children, ...), printing errors on stderr.
 // Safe to call more than once: hooks run only the first time.

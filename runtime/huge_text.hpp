@@ -14,10 +14,10 @@
 // How: the executable is linked with its segments 2 MiB aligned
 // (CMakeLists.txt); the code is copied into an anonymous transparent huge
 // page, which is then moved over the file mapping at the same address, so
-// every pointer into the code stays valid; the read-only data likewise. Anything that does not allow it
-// (huge pages disabled or unavailable, a differently linked binary, a
-// mapping in the way) leaves the code where it was: the only difference is
-// speed.
+// every pointer into the code stays valid; the read-only data likewise.
+// Anything that does not allow it (huge pages disabled or unavailable, a
+// differently linked binary, a mapping in the way) leaves the code where it
+// was: the only difference is speed.
 #pragma once
 
 namespace luamp::huge_text {

@@ -127,15 +127,15 @@ void mark_reaped(Child& c, int exitcode) {
 }
 
 // Narrows `pid` (0: this process) to the CPU this process runs on, keeping
-// its current mask in `saved` unless that is null.
-bool pin_to_this_cpu(pid_t pid, cpu_set_t* saved) {
+// its current mask in `saved` unless that is null. Returns that CPU, or -1.
+int pin_to_this_cpu(pid_t pid, cpu_set_t* saved) {
   int cpu = sched_getcpu();
-  if (cpu < 0 || cpu >= CPU_SETSIZE) return false;
-  if (saved && sched_getaffinity(pid, sizeof *saved, saved) != 0) return false;
+  if (cpu < 0 || cpu >= CPU_SETSIZE) return -1;
+  if (saved && sched_getaffinity(pid, sizeof *saved, saved) != 0) return -1;
   cpu_set_t here;
   CPU_ZERO(&here);
   CPU_SET(cpu, &here);
-  return sched_setaffinity(pid, sizeof here, &here) == 0;
+  return sched_setaffinity(pid, sizeof here, &here) == 0 ? cpu : -1;
 }
 
 // Lets this process run on any CPU it may use but the current one, if any.
@@ -408,10 +408,7 @@ bool next_child_is_short() {
   return g_children && g_children->last_was_short && g_children->running == 0 && futex::several_cpus();
 }
 
-int place_here(pid_t pid) {
-  int cpu = sched_getcpu();
-  return cpu >= 0 && pin_to_this_cpu(pid, nullptr) ? cpu : -1;
-}
+int place_here(pid_t pid) { return pin_to_this_cpu(pid, nullptr); }
 
 void init_child(pid_t parent, bool keep_stdin) {
   raw::call(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL);
@@ -457,7 +454,7 @@ pid_t fork_child(Method method) {
   pid_t parent = getpid();
   uint64_t gen = last_gen();
   cpu_set_t saved;
-  bool pinned = next_child_is_short() && pin_to_this_cpu(0, &saved);
+  bool pinned = next_child_is_short() && pin_to_this_cpu(0, &saved) >= 0;
   pid_t pid = fork();
   if (pinned) raw::call(SYS_sched_setaffinity, 0, sizeof saved, &saved);  // parent and child alike
   if (pid < 0) fail_errno("fork", errno);
@@ -578,8 +575,8 @@ void report_exit(int code) {
   // hands that CPU back and is torn down on another. It keeps its
   // priority: as idle-priority tasks, children waited by the hundreds to
   // be torn down where no CPU is ever idle (one CPU, or all busy), each
-  // making every fork and exit dearer; and the next join waits for this
-  // teardown (proc::wait).
+  // making every fork and exit dearer; and with a single CPU the next join
+  // waits for this teardown (proc::wait).
   ssize_t n;
   do n = raw::call(SYS_sendto, g_exit_report_fd, &code, sizeof code, MSG_NOSIGNAL, nullptr, 0);
   while (n < 0 && errno == EINTR);

@@ -312,10 +312,9 @@ end
 function M.authkey() return authkey end
 
 -- Forgets children that have ended (reaping them), and any that this
--- process cannot wait for.
--- As Python's active_children(), it also collects the processes that have
--- ended, here those a join returned for before the kernel had torn them
--- down (their zombies).
+-- process cannot wait for; as Python's active_children() does, it also
+-- collects those a join returned for before the kernel had torn them down
+-- (their zombies).
 function M.cleanup()
   core.reap_ended()
   for p in pairs(children) do
